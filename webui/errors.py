@@ -1,0 +1,20 @@
+"""The project's exception types. Each message tells the user what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class WebUIError(Exception):
+    """Base class: an error whose message is meant to be shown to the user as it is."""
+
+
+class ModelLoadError(WebUIError):
+    """A model file could not be read or used (corrupt, wrong kind, unknown architecture)."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"Cannot load '{self.path}': {problem}")
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A recognised architecture that this version cannot run yet (e.g. SDXL)."""
