@@ -1,0 +1,383 @@
+"""CLIP text encoders of SD 1.x (CLIP-L) and SD 2.x (OpenCLIP-H) on `transformers`' CLIPTextModel.
+
+Key convention: the loader strips `cfg.prefix` and passes the rest. SD 1 ("clip" layout, prefix
+`cond_stage_model.transformer.`) keys then read `text_model.embeddings.token_embedding.weight`;
+SD 2 ("openclip" layout, prefix `cond_stage_model.model.`) keys read `token_embedding.weight`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Collection, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from webui.engine.models.specs import TextEncoderConfig
+
+# sdpa matches eager attention to ~1e-7 relative (see the tests) and needs less memory.
+ATTN_IMPLEMENTATION = "sdpa"
+BPE_FILE = Path(__file__).parent / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+
+_BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")  # OpenCLIP block keys
+_LAYER_KEY = re.compile(r"^(?:text_model\.)?encoder\.layers\.(\d+)\.")  # transformers layer keys
+_OPENCLIP_TOP = {
+    "token_embedding.weight": "embeddings.token_embedding.weight",
+    "positional_embedding": "embeddings.position_embedding.weight",  # a bare [P, W] tensor
+    "ln_final.weight": "final_layer_norm.weight",
+    "ln_final.bias": "final_layer_norm.bias",
+}
+_OPENCLIP_BLOCK = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+# Present in SD 2 files but unused by SD 2's conditioning (it ends at ln_final, no projection).
+_OPENCLIP_UNUSED = ("text_projection", "logit_scale", "attn_mask")
+
+
+# --- tokenizer -------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The characters byte-level BPE uses for bytes, in CLIP's vocabulary order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = 256 - len(printable)  # control/space bytes map to chr(256 + n) so all are visible
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(shifted)]
+
+
+def _standard_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """OpenAI CLIP's 49408-entry vocabulary and merges, built like `open_clip.SimpleTokenizer`."""
+    lines = gzip.decompress(BPE_FILE.read_bytes()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = _bytes_to_unicode()
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges  # type: ignore[return-value]
+
+
+def _folder_vocab(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    return vocab, merges  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=8)
+def _cached_tokenizer(folder: Path | None) -> CLIPTokenizer:
+    vocab, merges = _folder_vocab(folder) if folder else _standard_vocab()
+    # Built from data, not `from_pretrained`: no hub lookups and no 77-token truncation warnings
+    # (we chunk long prompts ourselves).
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def load_clip_tokenizer(folder: Path | None = None) -> CLIPTokenizer:
+    """The CLIP tokenizer of `folder` (vocab.json + merges.txt) if it has one, else the standard one."""
+    if folder is not None and (Path(folder) / "vocab.json").is_file() and (Path(folder) / "merges.txt").is_file():
+        return _cached_tokenizer(Path(folder).resolve())
+    return _cached_tokenizer(None)
+
+
+def chunk_token_ids(
+    tokens: Sequence[int], bos_id: int, eos_id: int, pad_id: int, chunk_tokens: int = 75
+) -> list[list[int]]:
+    """Split tokens A1111-style into chunks [BOS, up to `chunk_tokens` tokens, EOS, padding].
+
+    Like A1111, chunks are padded with EOS; when the model pads with another id (OpenCLIP: 0),
+    every position after the first EOS becomes `pad_id`. No tokens -> one empty chunk.
+    """
+    # Comma backtracking, BREAK and emphasis weights will plug in here, on the token list.
+    pieces = [list(tokens[i : i + chunk_tokens]) for i in range(0, len(tokens), chunk_tokens)] or [[]]
+    chunks = []
+    for piece in pieces:
+        ids = [bos_id, *piece] + [eos_id] * (chunk_tokens + 1 - len(piece))
+        if pad_id != eos_id:
+            first_end = ids.index(eos_id)
+            ids[first_end + 1 :] = [pad_id] * (len(ids) - first_end - 1)
+        chunks.append(ids)
+    return chunks
+
+
+# --- state-dict conversion (pure functions) ---------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _installed_key_prefix() -> str:
+    """'text_model.' for transformers < 5.6 (wrapped CLIPTextModel), '' for newer releases."""
+    tiny = CLIPTextConfig(
+        vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
+        max_position_embeddings=4, bos_token_id=6, eos_token_id=7, pad_token_id=7,
+    )
+    with torch.device("meta"):
+        keys = CLIPTextModel(tiny).state_dict().keys()
+    return "text_model." if any(k.startswith("text_model.") for k in keys) else ""
+
+
+def openclip_to_transformers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename OpenCLIP text keys (prefix removed) to the installed CLIPTextModel's keys.
+
+    `attn.in_proj_*` rows are [q; k; v] and are split into q/k/v_proj. Unknown keys pass through
+    unchanged so that a strict load reports them.
+    """
+    prefix = _installed_key_prefix()
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        if key in _OPENCLIP_UNUSED:
+            continue
+        if key in _OPENCLIP_TOP:
+            out[prefix + _OPENCLIP_TOP[key]] = value
+            continue
+        match = _BLOCK_KEY.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        layer, rest = f"{prefix}encoder.layers.{match[1]}.", match[2]
+        if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+            kind = rest.rsplit("_", 1)[1]  # "weight" or "bias"
+            q, k, v = value.chunk(3, dim=0)  # (3W, ...) -> 3 x (W, ...)
+            for name, part in (("q", q), ("k", k), ("v", v)):
+                out[f"{layer}self_attn.{name}_proj.{kind}"] = part
+            continue
+        module, _, param = rest.rpartition(".")
+        out[layer + _OPENCLIP_BLOCK.get(module, module) + "." + param] = value
+    return out
+
+
+def hf_clip_to_transformers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map file keys in HF CLIP naming (with or without `text_model.`) to the installed layout.
+
+    `embeddings.position_ids` is dropped: newer transformers do not save it, and some SD 1 files
+    carry a corrupted float copy; the model recreates it as arange(P).
+    """
+    prefix = _installed_key_prefix()
+    return {
+        prefix + key.removeprefix("text_model."): value
+        for key, value in sd.items()
+        if not key.endswith("position_ids")
+    }
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+def _text_transformer(model: CLIPTextModel) -> torch.nn.Module:
+    """The module holding embeddings/encoder/final_layer_norm (wrapped in transformers < 5.6)."""
+    return getattr(model, "text_model", model)
+
+
+def _hf_config(cfg: TextEncoderConfig, num_layers: int) -> CLIPTextConfig:
+    # CLIP-format vocabularies end with <|startoftext|>, <|endoftext|> (49406, 49407 for CLIP).
+    bos, eos = cfg.vocab_size - 2, cfg.vocab_size - 1
+    return CLIPTextConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.mlp_width,
+        num_hidden_layers=num_layers,
+        num_attention_heads=cfg.heads,
+        max_position_embeddings=cfg.max_positions,
+        hidden_act=cfg.activation,
+        layer_norm_eps=1e-5,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,  # what transformers' CLIP expects; our own padding uses cfg.pad_token_id
+        attn_implementation=ATTN_IMPLEMENTATION,
+    )
+
+
+def _key_report(missing: Collection[str], unexpected: Collection[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(sorted(missing)[:5])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(sorted(unexpected)[:5])})")
+    return "; ".join(parts)
+
+
+def build_clip_text_model(
+    cfg: TextEncoderConfig,
+    state_dict: Mapping[str, Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    num_layers: int | None = None,
+) -> CLIPTextModel:
+    """A CLIPTextModel with `state_dict` (installed key layout) assigned, no random init.
+
+    `num_layers` < cfg.layers builds only the first blocks and drops the rest of the weights (SD 2
+    never uses its last block).
+    """
+    num_layers = cfg.layers if num_layers is None else num_layers
+    if not 1 <= num_layers <= cfg.layers:
+        raise ValueError(f"num_layers must be in 1..{cfg.layers}, got {num_layers}")
+    sd = {}
+    for key, value in state_dict.items():
+        match = _LAYER_KEY.match(key)
+        if match and int(match[1]) >= num_layers and int(match[1]) < cfg.layers:
+            continue  # a block we do not build
+        sd[key] = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+
+    with torch.device("meta"):  # parameters without storage: the file's tensors are assigned below
+        model = CLIPTextModel(_hf_config(cfg, num_layers))
+    expected = set(model.state_dict().keys())
+    missing, unexpected = expected - sd.keys(), sd.keys() - expected
+    if missing or unexpected:
+        raise ValueError(f"text encoder weights do not match the expected layout: {_key_report(missing, unexpected)}")
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"text encoder weights do not match the expected shapes: {exc}") from exc
+
+    # Non-persistent buffers are not in the file and still live on the meta device.
+    _text_transformer(model).embeddings.position_ids = torch.arange(cfg.max_positions, device=device).expand((1, -1))
+    still_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"tensors left without data after loading: {still_meta[:5]}")
+    model.eval().requires_grad_(False)
+    return model
+
+
+class SDTextEncoder(torch.nn.Module):
+    """Prompt -> conditioning of SD 1/2, with A1111's 75-token chunking and clip skip."""
+
+    def __init__(self, cfg: TextEncoderConfig, model: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no <|startoftext|> / <|endoftext|> tokens")
+        self.bos_id: int = tokenizer.bos_token_id
+        self.eos_id: int = tokenizer.eos_token_id
+        self.pad_id = cfg.pad_token_id
+        self.chunk_tokens = cfg.max_positions - 2  # 75 between the start and end tokens
+        # The block whose output clip skip 1 uses (1-based): the last, or the penultimate for SD 2.
+        self.top_layer = cfg.layers - (1 if cfg.default_layer == "penultimate" else 0)
+        built = model.config.num_hidden_layers
+        if built < self.top_layer:
+            raise ValueError(
+                f"text model has {built} layers but its '{cfg.default_layer}' output needs {self.top_layer}"
+            )
+        too_big = [i for i in (self.bos_id, self.eos_id, self.pad_id, len(tokenizer) - 1) if i >= cfg.vocab_size]
+        if too_big:
+            raise ValueError(f"tokenizer ids {too_big} do not fit the text model's vocabulary of {cfg.vocab_size}")
+
+    @property
+    def device(self) -> torch.device:
+        return _text_transformer(self.model).embeddings.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _text_transformer(self.model).embeddings.token_embedding.weight.dtype
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of `prompt` without start/end tokens."""
+        return self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def count_tokens(self, prompt: str) -> int:
+        """Number of prompt tokens, excluding start/end (the UI's live counter)."""
+        return len(self.tokenize(prompt))
+
+    def chunk_tokens_of(self, tokens: Sequence[int]) -> list[list[int]]:
+        """Chunks of `max_positions` ids for a token list (see `chunk_token_ids`)."""
+        return chunk_token_ids(tokens, self.bos_id, self.eos_id, self.pad_id, self.chunk_tokens)
+
+    def tokenize_chunks(self, prompt: str) -> list[list[int]]:
+        """A1111-style chunks of `prompt`: [BOS, <=75 tokens, EOS, padding], 77 ids each."""
+        return self.chunk_tokens_of(self.tokenize(prompt))
+
+    def _check_clip_skip(self, clip_skip: int) -> None:
+        # Only block outputs are selectable, never the raw embeddings.
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= self.top_layer:
+            raise ValueError(f"clip_skip must be an integer in 1..{self.top_layer} for this model, got {clip_skip!r}")
+
+    @torch.inference_mode()
+    def encode_chunks(self, ids: Tensor, clip_skip: int = 1) -> Tensor:
+        """(N, 77) token ids -> (N, 77, width) conditioning in the model's dtype."""
+        self._check_clip_skip(clip_skip)
+        if ids.ndim != 2 or ids.shape[1] > self.cfg.max_positions:
+            raise ValueError(f"ids must be (N, <= {self.cfg.max_positions}), got {tuple(ids.shape)}")
+        ids = ids.to(device=self.device, dtype=torch.long)
+        layer = self.top_layer - (clip_skip - 1)  # 1-based block whose output we use
+        if layer == self.model.config.num_hidden_layers:
+            return self.model(input_ids=ids).last_hidden_state  # already final_layer_norm(last block)
+        hidden = self.model(input_ids=ids, output_hidden_states=True).hidden_states  # [emb, block 1, ...]
+        return _text_transformer(self.model).final_layer_norm(hidden[layer])
+
+    @torch.inference_mode()
+    def encode(self, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1) -> Tensor:
+        """Prompts -> (B, 77 * n, width); every prompt padded with empty chunks to n chunks.
+
+        n = max(min_chunks, most chunks of any prompt): pass the other side's chunk count as
+        `min_chunks` to give cond and uncond the same length, as A1111 does.
+        """
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r}")
+        if min_chunks < 1:
+            raise ValueError(f"min_chunks must be at least 1, got {min_chunks}")
+        per_prompt = [self.tokenize_chunks(p) for p in prompts]
+        n = max(min_chunks, *(len(c) for c in per_prompt))
+        empty = self.chunk_tokens_of([])[0]
+        rows = [row for chunks in per_prompt for row in chunks + [empty] * (n - len(chunks))]
+        out = self.encode_chunks(torch.tensor(rows, dtype=torch.long), clip_skip)  # (B*n, 77, W)
+        return out.reshape(len(prompts), n * out.shape[1], out.shape[2])  # (B, n*77, W)
+
+
+def text_encoder_from_state_dict(
+    cfg: TextEncoderConfig,
+    sd: Mapping[str, Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    tokenizer_folder: Path | None = None,
+) -> SDTextEncoder:
+    """Build the text encoder from the file's tensors with `cfg.prefix` already removed.
+
+    Raises ValueError (listing up to 5 missing and 5 unexpected keys) when the keys do not fit.
+    """
+    if cfg.layout == "clip":
+        hf_sd = hf_clip_to_transformers(sd)
+    elif cfg.layout == "openclip":
+        hf_sd = openclip_to_transformers(sd)
+    else:
+        raise ValueError(f"unknown text encoder layout {cfg.layout!r}; expected 'clip' or 'openclip'")
+    # Blocks after the one clip skip 1 reads are never used: do not build them.
+    num_layers = cfg.layers - (1 if cfg.default_layer == "penultimate" else 0)
+    model = build_clip_text_model(cfg, hf_sd, dtype, device, num_layers=num_layers)
+    return SDTextEncoder(cfg, model, load_clip_tokenizer(tokenizer_folder))
+
+
+def text_encoder_config_from_shapes(
+    layout: Literal["clip", "openclip"], prefix: str, shapes: Mapping[str, tuple[int, ...]]
+) -> TextEncoderConfig:
+    """Infer a TextEncoderConfig from tensor shapes; keys include `prefix`."""
+    if layout == "clip":
+        # Most SD 1 files have `text_model.`; some old ones lack that level (A1111 renames them).
+        base = prefix + "text_model." if f"{prefix}text_model.embeddings.token_embedding.weight" in shapes else prefix
+        token, position = base + "embeddings.token_embedding.weight", base + "embeddings.position_embedding.weight"
+        block = re.compile(re.escape(base + "encoder.layers.") + r"(\d+)\.")
+        mlp = base + "encoder.layers.0.mlp.fc1.weight"
+    elif layout == "openclip":
+        token, position = prefix + "token_embedding.weight", prefix + "positional_embedding"
+        block = re.compile(re.escape(prefix + "transformer.resblocks.") + r"(\d+)\.")
+        mlp = prefix + "transformer.resblocks.0.mlp.c_fc.weight"
+    else:
+        raise ValueError(f"unknown text encoder layout {layout!r}; expected 'clip' or 'openclip'")
+    absent = [k for k in (token, position, mlp) if k not in shapes]
+    if absent:
+        raise ValueError(f"text encoder key(s) not found: {', '.join(absent)}")
+    vocab_size, width = shapes[token]
+    layers = len({m[1] for k in shapes if (m := block.match(k))})
+    common = dict(
+        layout=layout, prefix=prefix, width=width, layers=layers, heads=max(1, width // 64),
+        mlp_width=shapes[mlp][0], vocab_size=vocab_size, max_positions=shapes[position][0],
+    )
+    if layout == "clip":
+        # The end token pads; it is the last id of a CLIP-format vocabulary (49407).
+        return TextEncoderConfig(**common, activation="quick_gelu", pad_token_id=vocab_size - 1, default_layer="last")
+    return TextEncoderConfig(**common, activation="gelu", pad_token_id=0, default_layer="penultimate")
