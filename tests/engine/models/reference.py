@@ -6,11 +6,15 @@ import torch
 from diffusers import AutoencoderKL as DiffusersVAE
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_open_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
     create_unet_diffusers_config_from_ldm,
     create_vae_diffusers_config_from_ldm,
 )
+
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from .tiny_checkpoints import Recipe, ldm_original_config, unet_config, vae_config
 
@@ -37,3 +41,23 @@ def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative max error: max|ours - ref| / max|ref|."""
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     return ((ours.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+
+
+def reference_text_encoder(file: dict[str, torch.Tensor], width: int, layers: int, act: str, openclip: bool) -> CLIPTextModel:
+    """diffusers' conversion of `file` into a locally configured CLIPTextModel (eager attention)."""
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+        num_attention_heads=width // 64, max_position_embeddings=77, hidden_act=act, layer_norm_eps=1e-5,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1, attn_implementation="eager",
+    )
+    model = CLIPTextModel(config).eval()
+    if openclip:
+        converted = convert_open_clip_checkpoint(model, file, prefix="cond_stage_model.model.")
+    else:
+        converted = convert_ldm_clip_checkpoint(file)
+    if not hasattr(model, "text_model"):  # as create_diffusers_clip_model_from_ldm does
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    # strict=False: the SD 2 file's last block and the SD 1 position_ids are not part of the model.
+    missing, _unexpected = model.load_state_dict(converted, strict=False)
+    assert not missing
+    return model

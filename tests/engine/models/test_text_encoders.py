@@ -4,11 +4,9 @@ diffusers' own single-file conversion into a `transformers` CLIPTextModel (eager
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
-from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from webui.engine.models.specs import TextEncoderConfig
@@ -21,6 +19,9 @@ from webui.engine.models.text_encoders import (
     text_encoder_from_state_dict,
 )
 
+from .reference import reference_text_encoder
+from .tiny_checkpoints import clip_text_state_dict, openclip_text_state_dict
+
 BOS, EOS, VOCAB, POS = 49406, 49407, 49408, 77
 SD1_PREFIX, SD2_PREFIX = "cond_stage_model.transformer.", "cond_stage_model.model."
 SD1_W, SD1_LAYERS = 64, 3
@@ -28,58 +29,16 @@ SD2_W, SD2_LAYERS = 128, 4
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon, highly detailed, 8k", ""]
 
 
-def _rand(gen: torch.Generator, shape: tuple[int, ...], norm: bool = False) -> torch.Tensor:
-    if norm:
-        return 1 + 0.1 * torch.randn(shape, generator=gen)
-    return torch.randn(shape, generator=gen) / math.sqrt(shape[-1])
-
-
 def _sd1_file(width: int, layers: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """HF CLIP naming under `cond_stage_model.transformer.text_model.`, as SD 1 files store it."""
-    g, p = torch.Generator().manual_seed(seed), SD1_PREFIX + "text_model."
-    sd = {
-        p + "embeddings.token_embedding.weight": _rand(g, (VOCAB, width)),
-        p + "embeddings.position_embedding.weight": _rand(g, (POS, width)),
-        p + "embeddings.position_ids": torch.arange(POS, dtype=torch.int64)[None],
-        p + "final_layer_norm.weight": _rand(g, (width,), norm=True),
-        p + "final_layer_norm.bias": _rand(g, (width,)),
-        "model.diffusion_model.out.2.bias": torch.zeros(4),  # not ours: the loader filters by prefix
-    }
-    for i in range(layers):
-        b = f"{p}encoder.layers.{i}."
-        for proj in ("q", "k", "v", "out"):
-            sd[f"{b}self_attn.{proj}_proj.weight"] = _rand(g, (width, width))
-            sd[f"{b}self_attn.{proj}_proj.bias"] = _rand(g, (width,))
-        for norm in ("layer_norm1", "layer_norm2"):
-            sd[f"{b}{norm}.weight"] = _rand(g, (width,), norm=True)
-            sd[f"{b}{norm}.bias"] = _rand(g, (width,))
-        sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"] = _rand(g, (4 * width, width)), _rand(g, (4 * width,))
-        sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"] = _rand(g, (width, 4 * width)), _rand(g, (width,))
+    sd = {SD1_PREFIX + k: v for k, v in clip_text_state_dict(width, layers, seed).items()}
+    sd["model.diffusion_model.out.2.bias"] = torch.zeros(4)  # not ours: the loader filters by prefix
     return sd
 
 
 def _sd2_file(width: int, layers: int, seed: int = 1) -> dict[str, torch.Tensor]:
-    """OpenCLIP naming under `cond_stage_model.model.`, written by hand as SD 2 files store it."""
-    g, p = torch.Generator().manual_seed(seed), SD2_PREFIX
-    sd = {
-        p + "token_embedding.weight": _rand(g, (VOCAB, width)),
-        p + "positional_embedding": _rand(g, (POS, width)),
-        p + "ln_final.weight": _rand(g, (width,), norm=True),
-        p + "ln_final.bias": _rand(g, (width,)),
-        p + "text_projection": _rand(g, (width, width)),
-        p + "logit_scale": torch.tensor(4.6052),
-    }
-    for i in range(layers):
-        b = f"{p}transformer.resblocks.{i}."
-        sd[b + "attn.in_proj_weight"] = _rand(g, (3 * width, width))  # rows [q; k; v]
-        sd[b + "attn.in_proj_bias"] = _rand(g, (3 * width,))
-        sd[b + "attn.out_proj.weight"], sd[b + "attn.out_proj.bias"] = _rand(g, (width, width)), _rand(g, (width,))
-        for norm in ("ln_1", "ln_2"):
-            sd[f"{b}{norm}.weight"] = _rand(g, (width,), norm=True)
-            sd[f"{b}{norm}.bias"] = _rand(g, (width,))
-        sd[b + "mlp.c_fc.weight"], sd[b + "mlp.c_fc.bias"] = _rand(g, (4 * width, width)), _rand(g, (4 * width,))
-        sd[b + "mlp.c_proj.weight"], sd[b + "mlp.c_proj.bias"] = _rand(g, (width, 4 * width)), _rand(g, (width,))
-    return sd
+    """OpenCLIP naming under `cond_stage_model.model.`, as SD 2 files store it."""
+    return {SD2_PREFIX + k: v for k, v in openclip_text_state_dict(width, layers, seed).items()}
 
 
 def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -91,26 +50,6 @@ def _strip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _reference(file: dict[str, torch.Tensor], width: int, layers: int, act: str, openclip: bool) -> CLIPTextModel:
-    """diffusers' conversion of `file` into a locally configured CLIPTextModel (eager attention)."""
-    config = CLIPTextConfig(
-        vocab_size=VOCAB, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-        num_attention_heads=width // 64, max_position_embeddings=POS, hidden_act=act, layer_norm_eps=1e-5,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1, attn_implementation="eager",
-    )
-    model = CLIPTextModel(config).eval()
-    if openclip:
-        converted = convert_open_clip_checkpoint(model, file, prefix=SD2_PREFIX)
-    else:
-        converted = convert_ldm_clip_checkpoint(file)
-    if not hasattr(model, "text_model"):  # as create_diffusers_clip_model_from_ldm does
-        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
-    # strict=False: the SD 2 file's last block and the SD 1 position_ids are not part of the model.
-    missing, _unexpected = model.load_state_dict(converted, strict=False)
-    assert not missing
-    return model
-
-
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -120,7 +59,7 @@ def sd1():
     file = _sd1_file(SD1_W, SD1_LAYERS)
     cfg = text_encoder_config_from_shapes("clip", SD1_PREFIX, _shapes(file))
     enc = text_encoder_from_state_dict(cfg, _strip(file, SD1_PREFIX), torch.float32, "cpu")
-    return enc, _reference(file, SD1_W, SD1_LAYERS, "quick_gelu", openclip=False)
+    return enc, reference_text_encoder(file, SD1_W, SD1_LAYERS, "quick_gelu", openclip=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +68,7 @@ def sd2():
     cfg = text_encoder_config_from_shapes("openclip", SD2_PREFIX, _shapes(file))
     enc = text_encoder_from_state_dict(cfg, _strip(file, SD2_PREFIX), torch.float32, "cpu")
     # diffusers' SD 2 text encoder: one layer fewer, exact gelu; its last_hidden_state conditions.
-    return enc, _reference(file, SD2_W, SD2_LAYERS - 1, "gelu", openclip=True)
+    return enc, reference_text_encoder(file, SD2_W, SD2_LAYERS - 1, "gelu", openclip=True)
 
 
 def _prompt_ids(enc) -> torch.Tensor:
