@@ -18,3 +18,24 @@ class ModelLoadError(WebUIError):
 
 class UnsupportedModelError(ModelLoadError):
     """A recognised architecture that this version cannot run yet (e.g. SDXL)."""
+
+
+class RequestError(WebUIError):
+    """A generation parameter with a value that is not allowed."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field}: {shown} is not allowed; expected {allowed}")
+
+
+class Interrupted(WebUIError):
+    """The user stopped the job."""
+
+
+class Skipped(WebUIError):
+    """The user skipped the current image; the job goes on with the next one."""
