@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,20 @@ class ModelBundle:
     vae_path: Path | None
     dtype: torch.dtype
     device: torch.device
+    _hashes: dict[Path, str] = field(default_factory=dict, repr=False)
+
+    def file_hash(self, which: str = "checkpoint") -> str | None:
+        """SHA-256 of the checkpoint (or the separate VAE) file, computed once, on first use."""
+        path = self.path if which == "checkpoint" else self.vae_path
+        if path is None:
+            return None
+        if path not in self._hashes:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(16 << 20):
+                    digest.update(chunk)
+            self._hashes[path] = digest.hexdigest()
+        return self._hashes[path]
 
 
 def inspect_checkpoint(path: str | Path, config_path: str | Path | None = None) -> ModelSpec:

@@ -1,0 +1,79 @@
+"""What a pipeline runs with (model, progress, cancel, where to save) and what it returns."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from webui.errors import Interrupted, Skipped
+
+from ..models.loading import ModelBundle
+from ..request import GenerationRequest
+
+
+class CancelToken:
+    """Checked every sampling step: `interrupt()` ends the job, `skip()` ends the current batch only."""
+
+    def __init__(self) -> None:
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    def check(self) -> None:
+        if self._interrupt.is_set():
+            raise Interrupted("interrupted")
+        if self._skip.is_set():
+            self._skip.clear()
+            raise Skipped("skipped")
+
+
+@dataclass
+class ProgressEvent:
+    """One sampling step done. `preview()` renders the current estimate cheaply, only when called."""
+
+    step: int  # 1-based, within the current sampling pass
+    total_steps: int
+    batch_index: int  # 0-based batch number
+    batch_count: int
+    phase: str  # "sampling" or "hires"
+    latents: torch.Tensor  # the current x0 estimate, (B, 4, h, w)
+    preview: Callable[[], list[Image.Image]]
+
+
+@dataclass
+class PipelineContext:
+    bundle: ModelBundle
+    model_name: str = ""  # shown in infotexts; defaults to the checkpoint's file name
+    on_progress: Callable[[ProgressEvent], None] | None = None
+    cancel: CancelToken = field(default_factory=CancelToken)
+    output_dir: Path | None = None  # None: nothing is written to disk
+    version: str = "webui"
+
+    def __post_init__(self) -> None:
+        if not self.model_name:
+            self.model_name = self.bundle.path.stem
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    images: list[Image.Image]
+    seeds: list[int]
+    subseeds: list[int]
+    infotexts: list[str]
+    paths: list[Path]
+    interrupted: bool = False

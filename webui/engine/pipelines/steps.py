@@ -1,0 +1,182 @@
+"""The steps every pipeline shares: seeds, prompts, sigmas, sampling, VAE encode/decode, saving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from webui.errors import RequestError
+
+from ..preview import latent_preview
+from ..request import GenerationRequest
+from ..sampling.denoisers import CFGDenoiser, Conditioning, DiscreteSchedule, make_denoiser
+from ..sampling.noise import ImageRNG, resolve_seed
+from ..sampling.registry import SamplerInfo, effective_schedule, sampler_info
+from ..sampling.schedules import make_sigmas
+from .context import PipelineContext, ProgressEvent
+from .images import to_images, to_tensor
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """Every image's seed and variation seed: image n of the job uses seed + n (A1111's rule)."""
+
+    seeds: list[int]
+    subseeds: list[int]
+
+    @classmethod
+    def of(cls, request: GenerationRequest) -> SeedPlan:
+        seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
+        n = request.image_count
+        return cls([seed + i for i in range(n)], [subseed + i for i in range(n)])
+
+    def batch(self, request: GenerationRequest, index: int) -> tuple[list[int], list[int]]:
+        start = index * request.batch_size
+        return self.seeds[start : start + request.batch_size], self.subseeds[start : start + request.batch_size]
+
+
+def encode_prompts(ctx: PipelineContext, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond) for one batch, each (batch_size, 77 * chunks, width) with equal chunk counts."""
+    te = ctx.bundle.text_encoder
+    chunks = max(len(te.tokenize_chunks(request.prompt)), len(te.tokenize_chunks(request.negative_prompt)))
+    try:
+        cond = te.encode([request.prompt], clip_skip=request.clip_skip, min_chunks=chunks)
+        uncond = te.encode([request.negative_prompt], clip_skip=request.clip_skip, min_chunks=chunks)
+    except ValueError as exc:  # clip skip beyond this model's layers
+        raise RequestError("clip_skip", request.clip_skip, str(exc)) from exc
+    repeat = lambda t: t.expand(request.batch_size, -1, -1)  # noqa: E731
+    return repeat(cond), repeat(uncond)
+
+
+def model_schedule(ctx: PipelineContext) -> DiscreteSchedule:
+    # Recomputed from the betas formula rather than read from the file (some prunes store fp16 buffers).
+    return DiscreteSchedule.scaled_linear()
+
+
+def sampling_sigmas(request: GenerationRequest, schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
+    info = sampler_info(request.sampler_name)
+    if info.timestep_sampler:
+        return info.load_timesteps()(steps, schedule)
+    return make_sigmas(
+        effective_schedule(info, request.scheduler), steps, schedule,
+        sigma_min=request.sigma_min or None, sigma_max=request.sigma_max or None,
+        discard_penultimate=info.discard_penultimate,
+    )
+
+
+def build_denoiser(ctx: PipelineContext, request: GenerationRequest, cond: torch.Tensor, uncond: torch.Tensor,
+                   concat: torch.Tensor | None = None) -> CFGDenoiser:
+    bundle = ctx.bundle
+    denoiser = make_denoiser(bundle.unet, model_schedule(ctx), bundle.spec.prediction)
+    return CFGDenoiser(denoiser, Conditioning(cond, concat), Conditioning(uncond, concat), request.cfg_scale,
+                       request.cfg_rescale)
+
+
+def sample(
+    ctx: PipelineContext,
+    request: GenerationRequest,
+    model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    rng: ImageRNG,
+    batch_index: int,
+    phase: str = "sampling",
+) -> torch.Tensor:
+    """Run the request's sampler from x over sigmas, reporting progress and checking cancellation."""
+    info: SamplerInfo = sampler_info(request.sampler_name)
+    function = info.load()
+    options = dict(info.options)
+    if info.uses_eta:
+        options["eta"] = request.eta if request.eta is not None else (0.0 if info.name == "DDIM" else 1.0)
+        options["s_noise"] = request.s_noise
+        options["noise_sampler"] = rng.noise_sampler(x.device, x.dtype)
+    total = len(sigmas) - 1
+
+    def callback(state: dict) -> None:
+        ctx.cancel.check()
+        if ctx.on_progress is not None:
+            latents = state["denoised"]
+            ctx.on_progress(ProgressEvent(
+                state["i"] + 1, total, batch_index, request.batch_count, phase, latents,
+                lambda: latent_preview(latents)))
+
+    x = function(model, x, sigmas.to(x.device), callback=callback, **options)
+    if info.timestep_sampler:  # they end at sigma_min, in the network's space: x_t = x / sqrt(1 + sigma^2)
+        x = x / (1.0 + sigmas[-1].item() ** 2) ** 0.5
+    return x
+
+
+def pure_noise(request: GenerationRequest, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """The start of a full denoise: k-samplers start at noise * sigma_max; timestep samplers (DDIM,
+    PLMS, UniPC) at pure noise in the network's space, x_T = noise, i.e. noise * sqrt(1 + sigma_max^2)."""
+    if sampler_info(request.sampler_name).timestep_sampler:
+        return noise * (1.0 + sigmas[0].item() ** 2) ** 0.5
+    return noise * sigmas[0]
+
+
+def decode(ctx: PipelineContext, latents: torch.Tensor) -> list[Image.Image]:
+    vae = ctx.bundle.vae
+    with torch.inference_mode():
+        pixels = vae.decode((latents / ctx.bundle.spec.vae.scale_factor).to(vae.dtype))
+    return to_images(pixels)
+
+
+def encode(ctx: PipelineContext, image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """An image (or (B, 3, H, W) tensor in [-1, 1]) -> scaled latents, (B, 4, H/8, W/8).
+
+    The posterior mean is used (deterministic, as ComfyUI does); A1111 samples the posterior with an
+    unseeded RNG, which makes img2img differ between runs.
+    """
+    vae = ctx.bundle.vae
+    pixels = to_tensor(image) if isinstance(image, Image.Image) else image
+    with torch.inference_mode():
+        mean, _ = vae.encode(pixels.to(device=ctx.bundle.device, dtype=vae.dtype))
+    return mean.float() * ctx.bundle.spec.vae.scale_factor
+
+
+LATENT_UPSCALE_MODES = {  # A1111's latent upscalers: (interpolation mode, antialias)
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+
+def upscale_latents(latents: torch.Tensor, width: int, height: int, upscaler: str) -> torch.Tensor:
+    mode, antialias = LATENT_UPSCALE_MODES[upscaler]
+    return F.interpolate(latents, size=(height // 8, width // 8), mode=mode, antialias=antialias)
+
+
+def latent_shape(ctx: PipelineContext, width: int, height: int) -> tuple[int, int, int]:
+    factor = ctx.bundle.spec.vae.downscale
+    return ctx.bundle.spec.vae.embed_dim, height // factor, width // factor
+
+
+def img2img_sigmas(request: GenerationRequest, schedule: DiscreteSchedule, steps: int, strength: float) -> torch.Tensor:
+    """The tail of the full schedule that a partial denoise runs (A1111: t_enc = int(strength * steps))."""
+    sigmas = sampling_sigmas(request, schedule, steps)
+    t_enc = int(min(strength, 0.999) * steps)
+    return sigmas[steps - t_enc - 1 :]
+
+
+def noised(request: GenerationRequest, init: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
+           strength: float) -> torch.Tensor:
+    """The start of a partial denoise. At strength 1 the input carries no information: pure noise,
+    so img2img at strength 1 is exactly txt2img with the same seed."""
+    if strength >= 1.0:
+        return pure_noise(request, noise, sigmas)
+    return init + noise * sigmas[0]
+
+
+def inpainting_conditioning(ctx: PipelineContext, image: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The extra input of 9-channel inpainting models: [mask (1) | latent of the image with the mask
+    area made neutral grey (4)], at latent size. image: (1, 3, H, W) in [-1, 1]; mask: (1, 1, H, W), 1 = repaint."""
+    mask = mask.round()
+    latent = encode(ctx, image * (1.0 - mask))
+    small_mask = F.interpolate(mask, size=latent.shape[-2:], mode="nearest")
+    return torch.cat([small_mask, latent], dim=1).expand(batch_size, -1, -1, -1).to(ctx.bundle.device)
