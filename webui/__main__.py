@@ -1,12 +1,35 @@
-"""`python -m webui`: the command line (for now: inspect the checkpoints in the models folder)."""
+"""`python -m webui`: the command line.
+
+    python -m webui models                       list the checkpoints found and what each is
+    python -m webui generate --prompt "..." --checkpoint NAME --out DIR [options]
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft"}
+
+
+def checkpoint_files(models_dir: Path) -> list[Path]:
+    folder = models_dir / "checkpoints"
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES)
+
+
+def find_model(name: str, folder: Path, what: str) -> Path:
+    """A file given by path, or by name (with or without extension) from the models folder."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidates = sorted(p for p in folder.glob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES)
+    for p in candidates:
+        if name in (p.name, p.stem):
+            return p
+    known = ", ".join(p.name for p in candidates) or "none"
+    raise SystemExit(f"error: {what} '{name}' not found (in {folder}: {known})")
 
 
 def describe(path: Path) -> str:
@@ -25,22 +48,97 @@ def describe(path: Path) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python launch.py", description="Stable Diffusion web UI")
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder with checkpoints/, vae/, ...")
-    args = parser.parse_args(argv)
-    folder = args.models_dir / "checkpoints"
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES)
-    print(f"Checkpoints in {folder}:")
+def list_models(args: argparse.Namespace) -> int:
+    files = checkpoint_files(args.models_dir)
+    print(f"Checkpoints in {args.models_dir / 'checkpoints'}:")
     if not files:
         print("  none yet: put single-file SD 1.x / 2.x checkpoints (.safetensors) in this folder")
     for path in files:
         print(describe(path))
-    print(
-        "\nThe web interface is not built yet. The engine can be used from Python: see "
-        "'Use the engine from Python' in README.md."
-    )
+    print("\nThe web interface is not built yet; generate with `python -m webui generate --help`.")
     return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from webui.engine.models.loading import load_checkpoint
+    from webui.engine.pipelines import PipelineContext, ProgressEvent, generate as run
+    from webui.engine.request import GenerationRequest
+    from webui.errors import WebUIError
+
+    def progress(event: ProgressEvent) -> None:
+        print(f"\r  batch {event.batch_index + 1}/{event.batch_count} {event.phase} step {event.step}/{event.total_steps}",
+              end="", flush=True)
+
+    try:
+        fields = {k: v for k, v in vars(args).items() if k in GenerationRequest.__dataclass_fields__ and v is not None}
+        for name in ("init_image", "mask"):
+            if fields.get(name) is not None:
+                fields[name] = Image.open(fields[name])
+        request = GenerationRequest(**fields)
+        checkpoint = find_model(args.checkpoint, args.models_dir / "checkpoints", "checkpoint")
+        vae = find_model(args.vae, args.models_dir / "vae", "VAE") if args.vae else None
+        print(f"Loading {checkpoint.name} ...", flush=True)
+        bundle = load_checkpoint(checkpoint, vae_path=vae, prediction=args.prediction)
+        print(f"  {bundle.spec.label}, {bundle.spec.prediction} prediction ({bundle.spec.prediction_reason})")
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = run(request, PipelineContext(bundle, on_progress=progress, output_dir=args.out))
+    except (WebUIError, OSError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    print()
+    for path, seed in zip(result.paths, result.seeds):
+        print(f"  {path}  (seed {seed})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m webui", description="Stable Diffusion web UI command line")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder with checkpoints/, vae/, ...")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("models", help="list the checkpoints found and what each one is")
+    g = sub.add_parser("generate", help="txt2img, img2img, inpaint or outpaint from the command line")
+    g.add_argument("--checkpoint", required=True, help="a name from models/checkpoints, or a file path")
+    g.add_argument("--vae", help="a separate VAE: a name from models/vae, or a file path")
+    g.add_argument("--prediction", choices=["eps", "v"], help="override the detected prediction type")
+    g.add_argument("--out", type=Path, default=ROOT / "outputs", help="output folder (default: outputs/)")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--negative-prompt", dest="negative_prompt")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--sampler", dest="sampler_name", help='e.g. "DPM++ 2M", "Euler a", "DDIM"')
+    g.add_argument("--scheduler", help='e.g. "Automatic", "Karras", "Exponential"')
+    g.add_argument("--cfg-scale", dest="cfg_scale", type=float)
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--seed", type=int, help="-1 = random (the seed used is printed)")
+    g.add_argument("--subseed", type=int, help="variation seed")
+    g.add_argument("--subseed-strength", dest="subseed_strength", type=float, help="variation strength 0..1")
+    g.add_argument("--batch-count", dest="batch_count", type=int)
+    g.add_argument("--batch-size", dest="batch_size", type=int)
+    g.add_argument("--clip-skip", dest="clip_skip", type=int)
+    g.add_argument("--init-image", dest="init_image", help="img2img: the input image")
+    g.add_argument("--denoising-strength", dest="denoising_strength", type=float)
+    g.add_argument("--resize-mode", dest="resize_mode", help='"Just resize", "Crop and resize", "Resize and fill"')
+    g.add_argument("--mask", help="inpaint: a mask image, white = repaint")
+    g.add_argument("--mask-blur", dest="mask_blur", type=int)
+    g.add_argument("--inpainting-fill", dest="inpainting_fill", help='"fill", "original", "latent noise", "latent nothing"')
+    g.add_argument("--only-masked", dest="inpaint_full_res", action="store_const", const=True, help='inpaint area "Only masked"')
+    for side in ("left", "right", "top", "bottom"):
+        g.add_argument(f"--outpaint-{side}", dest=f"outpaint_{side}", type=int, help=f"outpaint: pixels to add {side}")
+    g.add_argument("--hires", dest="enable_hr", action="store_const", const=True, help="txt2img: enable the hires fix")
+    g.add_argument("--hr-scale", dest="hr_scale", type=float)
+    g.add_argument("--hr-upscaler", dest="hr_upscaler")
+    g.add_argument("--hr-steps", dest="hr_second_pass_steps", type=int)
+    g.add_argument("--hr-denoising-strength", dest="hr_denoising_strength", type=float)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        return generate(args)
+    return list_models(args)
 
 
 if __name__ == "__main__":
