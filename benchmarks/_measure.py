@@ -6,6 +6,10 @@ CPU-seconds, and comparisons are made as per-pair ratios ours/reference measured
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+import platform
 import resource
 import statistics
 import time
@@ -52,6 +56,16 @@ def memory_status() -> dict[str, int]:
     return out
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc `malloc_trim`), so that the next peak
+    measures new allocations instead of reusing memory that an earlier call left resident."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel does not allow it."""
     try:
@@ -66,8 +80,8 @@ def reset_peak_rss() -> bool:
 class Sample:
     wall_s: float
     cpu_s: float
-    rss_before: int  # resident bytes when the call started (models, inputs)
-    peak_rss: int  # VmHWM during the call; peak_rss - rss_before is the call's own peak
+    rss_before: int  # resident bytes when the call started (models, inputs), after `release_free_memory`
+    peak_rss: int  # VmHWM during the call; peak_rss - rss_before is the call's own peak (activations)
 
     @property
     def extra_peak(self) -> int:
@@ -76,6 +90,7 @@ class Sample:
 
 def measure(fn: Callable[[], Any]) -> tuple[Any, Sample]:
     """Run `fn` once and return its result with wall time, CPU-seconds and peak RSS."""
+    release_free_memory()
     reset_peak_rss()
     rss_before = memory_status()["VmRSS"]
     cpu0, t0 = cpu_seconds(), time.perf_counter()
@@ -145,7 +160,14 @@ def matmul_peak_gflops(n: int = 4096, repeats: int = 5, dtype: torch.dtype = tor
     return {"best": max(rates), "median": statistics.median(rates)}
 
 
-# --- accuracy and formatting ------------------------------------------------------------------------
+def profile_top_ops(fn: Callable[[], Any], rows: int = 12) -> str:
+    """The ops of one call of `fn` that took the most CPU time themselves, as a table."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+# --- machine, accuracy and formatting ------------------------------------------------------------------------
 
 
 def rel_max_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -157,3 +179,19 @@ def rel_max_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 def gib(n_bytes: float) -> str:
     return f"{n_bytes / GIB:.2f} GiB"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and the flags that decide bf16 speed, thread count, library versions, load average."""
+    import diffusers
+    import transformers
+
+    first_cpu = open("/proc/cpuinfo", encoding="utf-8").read().split("\n\n")[0]
+    info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first_cpu.splitlines())}
+    # Without avx512_bf16 / amx_bf16, bf16 matmuls are emulated and several times slower than fp32.
+    flags = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in info.get("flags", "").split()]
+    return {
+        "cpu": info.get("model name", "?"), "cpu_flags": flags, "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "diffusers": diffusers.__version__, "transformers": transformers.__version__, "loadavg_start": os.getloadavg(),
+    }
