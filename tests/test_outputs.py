@@ -178,7 +178,9 @@ FULL_FIELDS = {
     "hr_upscaler": "Latent (bicubic antialiased)", "hr_checkpoint_name": "other.safetensors",
     "hr_sampler_name": "Euler a", "hr_scheduler": "Uniform", "hr_prompt": "hires, detailed: yes",
     "hr_negative_prompt": "blur\nnoise", "hr_cfg_scale": 5.0, "refiner_checkpoint": "refiner [7440042bbd]",
-    "refiner_switch_at": 0.8, "mask_blur": 0, "inpainting_mask_invert": True, "inpainting_fill": "latent noise",
+    "refiner_switch_at": 0.8, "sdxl_original_width": 2048, "sdxl_original_height": 1536, "sdxl_crop_top": 16,
+    "sdxl_crop_left": 8, "sdxl_target_width": 1024, "sdxl_target_height": 768, "sdxl_aesthetic_score": 7.5,
+    "sdxl_negative_aesthetic_score": 2.0, "mask_blur": 0, "inpainting_mask_invert": True, "inpainting_fill": "latent noise",
     "inpaint_full_res": True, "inpaint_full_res_padding": 64, "initial_noise_multiplier": 0.9, "eta": 0.5,
     "s_noise": 0.95, "sigma_min": 0.03, "sigma_max": 14.6, "rho": 5.0, "version": "v0.1.0", "user": "ana",
 }

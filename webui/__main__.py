@@ -41,10 +41,10 @@ def describe(path: Path) -> str:
     except ModelLoadError as exc:
         return f"  {path.name}: cannot be used: {exc.problem}"
     unet = spec.unet
+    texts = " + ".join(f"{t.layout} {t.width} wide, {t.layers} layers" for t in spec.text_encoders)
     return (
         f"  {path.name}: {spec.label} (UNet {unet.model_channels} channels x {unet.channel_mult}, "
-        f"{unet.in_channels} input channels; text encoder {spec.text_encoder.layout} "
-        f"{spec.text_encoder.width} wide, {spec.text_encoder.layers} layers)"
+        f"{unet.in_channels} input channels; text encoder{'s' if spec.text_encoder_2 else ''} {texts})"
     )
 
 
@@ -52,7 +52,7 @@ def list_models(args: argparse.Namespace) -> int:
     files = checkpoint_files(args.models_dir)
     print(f"Checkpoints in {args.models_dir / 'checkpoints'}:")
     if not files:
-        print("  none yet: put single-file SD 1.x / 2.x checkpoints (.safetensors) in this folder")
+        print("  none yet: put single-file SD 1.x / 2.x / SDXL checkpoints (.safetensors) in this folder")
     for path in files:
         print(describe(path))
     print("\nThe web interface is not built yet; generate with `python -m webui generate --help`.")

@@ -17,7 +17,7 @@ class ModelLoadError(WebUIError):
 
 
 class UnsupportedModelError(ModelLoadError):
-    """A recognised architecture that this version cannot run yet (e.g. SDXL)."""
+    """A recognised architecture that this version cannot run yet (e.g. SDXL inpainting)."""
 
 
 class RequestError(WebUIError):

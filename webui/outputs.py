@@ -176,6 +176,12 @@ FIELDS: tuple[InfotextField, ...] = (
     F("Hires prompt", "hr_prompt", str, "", ""), F("Hires negative prompt", "hr_negative_prompt", str, "", ""),
     F("Hires CFG Scale", "hr_cfg_scale", float),
     F("Refiner", "refiner_checkpoint", str), F("Refiner switch at", "refiner_switch_at", float),
+    # Ours (A1111 has no such keys): SDXL conditioning, written only when not the default.
+    F("SDXL original size", ("sdxl_original_width", "sdxl_original_height"), "size", (0, 0)),
+    F("SDXL crop top", "sdxl_crop_top", int, 0, 0), F("SDXL crop left", "sdxl_crop_left", int, 0, 0),
+    F("SDXL target size", ("sdxl_target_width", "sdxl_target_height"), "size", (0, 0)),
+    F("SDXL aesthetic score", "sdxl_aesthetic_score", float, 6.0, 6.0),
+    F("SDXL negative aesthetic score", "sdxl_negative_aesthetic_score", float, 2.5, 2.5),
     F("Mask blur", "mask_blur", int),
     F("Mask mode", "inpainting_mask_invert", bool, False, False, ("Inpaint masked", "Inpaint not masked")),
     F("Masked content", "inpainting_fill", str, "original", "original"),

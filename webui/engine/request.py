@@ -24,6 +24,9 @@ HR_UPSCALERS = (
     "Latent (nearest-exact)", "Lanczos", "Nearest",
 )
 MAX_SEED = 2**32 - 1
+SDXL_AESTHETIC_SCORE, SDXL_NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # sgm's and diffusers' refiner defaults
+SDXL_SIZE_FIELDS = ("sdxl_original_width", "sdxl_original_height", "sdxl_crop_top", "sdxl_crop_left",
+                    "sdxl_target_width", "sdxl_target_height")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,22 @@ class GenerationRequest:
     outpaint_right: int = 0
     outpaint_top: int = 0
     outpaint_bottom: int = 0
+    # Refiner (A1111's API names): another model of the same latent space (the SDXL refiner) takes over
+    # the sampling at `refiner_switch_at` of the steps. The caller loads it and passes it to the pipeline
+    # (PipelineContext.refiner); "" or None: no refiner.
+    refiner_checkpoint: str = ""
+    refiner_switch_at: float = 0.8
+    # SDXL size and aesthetic conditioning (A1111's API has none). Sizes 0: the size being generated
+    # (what the reference pipelines use); the crop is the top-left corner the model is told was cut off.
+    sdxl_original_width: int = 0
+    sdxl_original_height: int = 0
+    sdxl_crop_top: int = 0
+    sdxl_crop_left: int = 0
+    sdxl_target_width: int = 0
+    sdxl_target_height: int = 0
+    # SDXL refiner only: the aesthetic score the prompt / negative prompt are conditioned on (sgm, diffusers).
+    sdxl_aesthetic_score: float = SDXL_AESTHETIC_SCORE
+    sdxl_negative_aesthetic_score: float = SDXL_NEGATIVE_AESTHETIC_SCORE
     # Extension parameters, namespaced by extension name.
     extensions: Mapping[str, Any] = field(default_factory=dict)
 
@@ -174,6 +193,15 @@ def _validate(r: GenerationRequest) -> None:
     _number(r, "inpaint_full_res_padding", 0, 256, integer=True)
     for name in ("outpaint_left", "outpaint_right", "outpaint_top", "outpaint_bottom"):
         _number(r, name, 0, 2048, integer=True)
+    if r.refiner_checkpoint is None:
+        _set(r, "refiner_checkpoint", "")
+    if not isinstance(r.refiner_checkpoint, str):
+        raise RequestError("refiner_checkpoint", r.refiner_checkpoint, "a checkpoint name, or '' for no refiner")
+    _number(r, "refiner_switch_at", 0.0, 1.0)
+    for name in SDXL_SIZE_FIELDS:
+        _number(r, name, 0, 16384, integer=True)
+    for name in ("sdxl_aesthetic_score", "sdxl_negative_aesthetic_score"):
+        _number(r, name, 0.0, 10.0)
     for name in ("init_image", "mask"):
         value = getattr(r, name)
         if value is not None and not isinstance(value, Image.Image):

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from webui.engine.models.detection import FAMILY_RULES, Layout, detect_model_spec
+from webui.engine.models.detection import FAMILY_RULES, Layout, detect_layout, detect_model_spec
 from webui.errors import ModelLoadError, UnsupportedModelError
 
 from .tiny_checkpoints import Recipe, make_checkpoint, shapes_of, unet_config, vae_config
@@ -69,9 +69,10 @@ def test_reduced_size_models_infer_their_hyperparameters(recipe):
     assert spec.vae == vae_config(recipe)
 
 
-def sdxl_shapes(refiner: bool) -> dict[str, tuple[int, ...]]:
+def sdxl_shapes(refiner: bool, in_channels: int = 4) -> dict[str, tuple[int, ...]]:
     p = "model.diffusion_model."
-    shapes = {p + "input_blocks.0.0.weight": (384 if refiner else 320, 4, 3, 3), p + "label_emb.0.0.weight": (1280, 2816)}
+    shapes = {p + "input_blocks.0.0.weight": (384 if refiner else 320, in_channels, 3, 3),
+              p + "label_emb.0.0.weight": (1280, 2560 if refiner else 2816)}
     if refiner:
         shapes["conditioner.embedders.0.model.token_embedding.weight"] = (49408, 1280)
     else:
@@ -81,9 +82,14 @@ def sdxl_shapes(refiner: bool) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("refiner", [False, True], ids=["base", "refiner"])
-def test_sdxl_is_recognised_and_refused_clearly(refiner):
-    with pytest.raises(UnsupportedModelError, match="SDXL refiner is not supported yet" if refiner else "SDXL is not supported yet"):
-        detect_model_spec(sdxl_shapes(refiner), "x.safetensors")
+def test_sdxl_layouts_are_told_apart_by_their_text_encoders(refiner):
+    # Full detection of SDXL base and refiner is tested in test_sdxl.py.
+    assert detect_layout(sdxl_shapes(refiner)) == Layout("sdxl_refiner" if refiner else "sdxl", 4)
+
+
+def test_sdxl_inpainting_is_recognised_and_refused_clearly():
+    with pytest.raises(UnsupportedModelError, match="SDXL inpaint is not supported yet"):
+        detect_model_spec(sdxl_shapes(False, in_channels=9), "x.safetensors")
 
 
 @pytest.mark.parametrize(("shapes", "message"), [

@@ -109,3 +109,17 @@ def test_images_are_saved_with_infotext(ctx, tmp_path):
     assert [p.name for p in result.paths] == ["00000-99.png", "00001-100.png"]
     from webui.outputs import read_infotext
     assert read_infotext(result.paths[1]) == result.infotexts[1]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_models_generate(model_files, dtype):
+    """Sampling state stays fp32 while the networks run in bf16/fp16 (the app's default on many machines)."""
+    import torch
+
+    from webui.engine.models.loading import load_checkpoint
+
+    bundle = load_checkpoint(model_files[("sd1", "base")], dtype=getattr(torch, dtype))
+    result = run(PipelineContext(bundle), seed=4, sampler_name="Euler a", batch_size=2)
+    assert len(result.images) == 2
+    full = run(PipelineContext(load_checkpoint(model_files[("sd1", "base")])), seed=4, sampler_name="Euler a")
+    assert (pixels(result.images[0]) - pixels(full.images[0])).abs().float().mean() < 12  # close to fp32

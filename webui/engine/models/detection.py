@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from webui.errors import ModelLoadError, UnsupportedModelError
 
-from .specs import ModelSpec, TextEncoderConfig, UNetConfig, VAEConfig
+from .specs import SDXL_LATENT_SCALE, SDXL_SCALAR_EMBED_DIM, ModelSpec, TextEncoderConfig, UNetConfig, VAEConfig
 from .text_encoders import text_encoder_config_from_shapes
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -22,6 +22,9 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 SD1_TEXT_PREFIX = "cond_stage_model.transformer."
 SD2_TEXT_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_BIGG_PREFIX = "conditioner.embedders.1.model."
+SDXL_REFINER_BIGG_PREFIX = "conditioner.embedders.0.model."
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,9 @@ class FamilyRule:
 
 # Ordered, declarative: the first rule that matches wins (and a test checks no two can match).
 FAMILY_RULES: tuple[FamilyRule, ...] = (
-    FamilyRule("sdxl", "base", "sdxl", 4, supported=False),
+    FamilyRule("sdxl", "base", "sdxl", 4),
     FamilyRule("sdxl", "inpaint", "sdxl", 9, supported=False),
-    FamilyRule("sdxl_refiner", "base", "sdxl_refiner", 4, supported=False),
+    FamilyRule("sdxl_refiner", "base", "sdxl_refiner", 4),
     FamilyRule("sd2", "base", "openclip", 4),
     FamilyRule("sd2", "inpaint", "openclip", 9),
     FamilyRule("sd2", "depth", "openclip", 5),
@@ -57,8 +60,8 @@ FAMILY_RULES: tuple[FamilyRule, ...] = (
 )
 
 TEXT_LAYOUT_MARKERS = (  # (layout, a key prefix that only that layout has), most specific first
-    ("sdxl", "conditioner.embedders.1.model."),
-    ("sdxl_refiner", "conditioner.embedders.0.model."),
+    ("sdxl", SDXL_BIGG_PREFIX),
+    ("sdxl_refiner", SDXL_REFINER_BIGG_PREFIX),
     ("openclip", SD2_TEXT_PREFIX),
     ("clip", SD1_TEXT_PREFIX),
 )
@@ -112,31 +115,69 @@ def detect_model_spec(shapes: Shapes, source: object = "<state dict>") -> ModelS
         raise ModelLoadError(
             source,
             f"unknown architecture (text encoder layout '{layout.text}', UNet with {layout.unet_in_channels} "
-            "input channels); supported: SD 1.x and SD 2.x, including inpainting and SD 2 depth models",
+            "input channels); supported: SD 1.x and SD 2.x (including inpainting and SD 2 depth models), "
+            "SDXL base and SDXL refiner",
         )
     if not rule.supported:
-        name = "SDXL refiner" if rule.family == "sdxl_refiner" else "SDXL"
-        raise UnsupportedModelError(source, f"{name} is not supported yet (SD 1.x and SD 2.x checkpoints are)")
+        raise UnsupportedModelError(
+            source, f"{_label(rule)} is not supported yet (SD 1.x, SD 2.x, SDXL base and SDXL refiner checkpoints are)"
+        )
 
+    sdxl = rule.family in ("sdxl", "sdxl_refiner")
     try:
-        text = _text_encoder_config(rule, shapes)
-        unet = infer_unet_config(shapes, UNET_PREFIX, sd2_heads=rule.family == "sd2")
+        texts = _text_encoder_configs(rule, shapes)
+        unet = infer_unet_config(shapes, UNET_PREFIX, sd2_heads=rule.family != "sd1")
         vae = infer_vae_config(shapes, VAE_PREFIX) if _has_prefix(shapes, VAE_PREFIX) else None
     except (KeyError, ValueError, IndexError, StopIteration) as exc:
-        raise ModelLoadError(source, f"incomplete or damaged {rule.family.upper()} layout ({exc!r})") from exc
-    if unet.context_dim != text.width:
+        raise ModelLoadError(source, f"incomplete or damaged {_label(rule)} layout ({exc!r})") from exc
+    width = sum(t.width for t in texts)
+    if unet.context_dim != width:
         raise ModelLoadError(
-            source, f"the UNet attends to {unet.context_dim}-wide text features but the text encoder gives {text.width}"
+            source, f"the UNet attends to {unet.context_dim}-wide text features but the text encoder gives {width}"
         )
+    if sdxl:
+        _check_sdxl_vector(source, rule, unet, texts)
+    elif unet.adm_in_channels:
+        raise ModelLoadError(source, f"unexpected 'label_emb' in a {_label(rule)} UNet (a class-conditioned model?)")
     if vae is None:
         raise ModelLoadError(source, "the checkpoint has no VAE weights ('first_stage_model.*')")
-    return ModelSpec(family=rule.family, variant=rule.variant, unet=unet, vae=vae, text_encoder=text)  # type: ignore[arg-type]
+    if sdxl:
+        vae = replace(vae, scale_factor=SDXL_LATENT_SCALE)
+    return ModelSpec(
+        family=rule.family, variant=rule.variant, unet=unet, vae=vae,  # type: ignore[arg-type]
+        text_encoder=texts[0], text_encoder_2=texts[1] if len(texts) > 1 else None,
+    )
 
 
-def _text_encoder_config(rule: FamilyRule, shapes: Shapes) -> TextEncoderConfig:
+def _label(rule: FamilyRule) -> str:
+    names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}
+    return names[rule.family] + ("" if rule.variant == "base" else f" {rule.variant}")
+
+
+def _text_encoder_configs(rule: FamilyRule, shapes: Shapes) -> tuple[TextEncoderConfig, ...]:
     if rule.text == "clip":
-        return text_encoder_config_from_shapes("clip", SD1_TEXT_PREFIX, shapes)
-    return text_encoder_config_from_shapes("openclip", SD2_TEXT_PREFIX, shapes)
+        return (text_encoder_config_from_shapes("clip", SD1_TEXT_PREFIX, shapes),)
+    if rule.text == "openclip":
+        return (text_encoder_config_from_shapes("openclip", SD2_TEXT_PREFIX, shapes),)
+    if rule.text == "sdxl":  # [CLIP-L | bigG] features; bigG also gives the pooled vector
+        return (
+            text_encoder_config_from_shapes("clip", SDXL_CLIP_L_PREFIX, shapes, sdxl=True),
+            text_encoder_config_from_shapes("openclip", SDXL_BIGG_PREFIX, shapes, sdxl=True),
+        )
+    return (text_encoder_config_from_shapes("openclip", SDXL_REFINER_BIGG_PREFIX, shapes, sdxl=True),)
+
+
+def _check_sdxl_vector(source: object, rule: FamilyRule, unet: UNetConfig, texts: tuple[TextEncoderConfig, ...]) -> None:
+    """y = [pooled | 6 size embeddings] (base) or [pooled | 4 size + 1 aesthetic embeddings] (refiner)."""
+    pooled = sum(t.projection_dim for t in texts)
+    scalars = 6 if rule.family == "sdxl" else 5
+    expected = pooled + scalars * SDXL_SCALAR_EMBED_DIM
+    if unet.adm_in_channels != expected:
+        raise ModelLoadError(
+            source,
+            f"the {_label(rule)} UNet's conditioning vector ('label_emb.0.0.weight') is {unet.adm_in_channels} wide, "
+            f"but the pooled text ({pooled}) and {scalars} x {SDXL_SCALAR_EMBED_DIM} size embeddings give {expected}",
+        )
 
 
 def _indices(shapes: Shapes, pattern: str) -> list[int]:
@@ -150,7 +191,10 @@ def _depth(shapes: Shapes, block_prefix: str) -> int:
 
 
 def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX, sd2_heads: bool = False) -> UNetConfig:
-    """UNet hyperparameters from the shapes of its tensors (keys include `prefix`)."""
+    """UNet hyperparameters from the shapes of its tensors (keys include `prefix`).
+
+    `sd2_heads`: 64 channels per head (SD 2 and SDXL) instead of SD 1's 8 heads; shapes cannot tell.
+    """
     p = prefix
     model_channels, in_channels = shapes[p + "input_blocks.0.0.weight"][:2]
     levels: list[list[int]] = [[]]  # per level, the input-block indices of its ResBlocks
@@ -173,6 +217,7 @@ def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX, sd2_heads: bool
         raise ValueError(f"UNet levels have different numbers of ResBlocks: {[len(x) for x in levels]}")
 
     proj_in = next(shape for key, shape in shapes.items() if key.startswith(p) and key.endswith("proj_in.weight"))
+    label_emb = shapes.get(p + "label_emb.0.0.weight")  # [time_embed_dim, adm_in_channels] (SDXL)
     context_dim = next(shape[1] for key, shape in shapes.items() if key.startswith(p) and key.endswith("attn2.to_k.weight"))
     return UNetConfig(
         in_channels=in_channels,
@@ -187,6 +232,7 @@ def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX, sd2_heads: bool
         num_heads=None if sd2_heads else 8,
         num_head_channels=64 if sd2_heads else None,
         use_linear_in_transformer=len(proj_in) == 2,
+        adm_in_channels=label_emb[1] if label_emb else None,
     )
 
 

@@ -1,10 +1,13 @@
-"""Load a single-file SD 1.x / 2.x checkpoint into our networks: `load_checkpoint(path) -> ModelBundle`.
+"""Load a single-file SD 1.x / 2.x / SDXL checkpoint into our networks: `load_checkpoint(path) -> ModelBundle`.
 
 Example:
     bundle = load_checkpoint("models/checkpoints/v1-5-pruned-emaonly.safetensors")
     context = bundle.text_encoder.encode(["a red circle"])                 # (1, 77, 768)
     eps = bundle.unet(latents, torch.tensor([999.0]), context)             # (1, 4, 64, 64)
     image = bundle.vae.decode(latents / bundle.spec.vae.scale_factor)      # (1, 3, 512, 512)
+
+SDXL bundles have an `SDXLTextEncoder` (context and pooled output) and a UNet that also takes the
+conditioning vector y (see `pipelines/conditioning.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from webui.errors import ModelLoadError
 
 from .checkpoint_file import CheckpointFile, open_checkpoint
 from .detection import UNET_PREFIX, VAE_PREFIX, detect_model_spec, infer_vae_config, with_heads
-from .specs import ModelSpec, Prediction
+from .specs import ModelSpec, Prediction, TextEncoderConfig
+from .sdxl_text_encoder import SDXLTextEncoder
 from .text_encoders import SDTextEncoder, text_encoder_from_state_dict
 from .unet import UNetModel
 from .vae import AutoencoderKL
@@ -35,7 +39,7 @@ class ModelBundle:
     spec: ModelSpec
     unet: UNetModel
     vae: AutoencoderKL
-    text_encoder: SDTextEncoder
+    text_encoder: SDTextEncoder | SDXLTextEncoder
     path: Path
     vae_path: Path | None
     dtype: torch.dtype
@@ -84,16 +88,12 @@ def load_checkpoint(
         spec = _spec_for(f, yaml_config)
         unet_names = _ema_unet_names(f) if use_ema else _component(f, UNET_PREFIX)
         unet = _build(UNetModel, spec.unet, f, unet_names, dtype, device)
-        text_prefix = spec.text_encoder.prefix
-        text_sd = {k[len(text_prefix):]: f.read(k, dtype, device) for k in f.shapes if k.startswith(text_prefix)}
-        try:
-            tokenizer_folder = path.with_name(path.stem + ".tokenizer")
-            text_encoder = text_encoder_from_state_dict(
-                spec.text_encoder, text_sd, dtype, device, tokenizer_folder if tokenizer_folder.is_dir() else None
-            )
-        except ValueError as exc:
-            raise ModelLoadError(path, f"the text encoder weights do not fit: {exc}") from exc
-        del text_sd
+        tokenizer_folder = path.with_name(path.stem + ".tokenizer")
+        encoders = [
+            _text_encoder(f, cfg, dtype, device, tokenizer_folder if tokenizer_folder.is_dir() else None)
+            for cfg in spec.text_encoders
+        ]
+        text_encoder = SDXLTextEncoder(encoders) if spec.is_sdxl else encoders[0]
         if vae_path is None:
             vae = _build(AutoencoderKL, spec.vae, f, _component(f, VAE_PREFIX), dtype, device)
     if vae_path is not None:
@@ -102,6 +102,16 @@ def load_checkpoint(
         vae.config = spec.vae
     spec = _decide_prediction(spec, prediction, yaml_config, f.metadata, f.shapes, unet)
     return ModelBundle(spec, unet, vae, text_encoder, path, Path(vae_path) if vae_path else None, dtype, device)
+
+
+def _text_encoder(
+    f: CheckpointFile, cfg: TextEncoderConfig, dtype: torch.dtype, device: torch.device, tokenizer_folder: Path | None
+) -> SDTextEncoder:
+    text_sd = {k[len(cfg.prefix):]: f.read(k, dtype, device) for k in f.shapes if k.startswith(cfg.prefix)}
+    try:
+        return text_encoder_from_state_dict(cfg, text_sd, dtype, device, tokenizer_folder)
+    except ValueError as exc:
+        raise ModelLoadError(f.path, f"the text encoder weights ('{cfg.prefix}*') do not fit: {exc}") from exc
 
 
 def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> AutoencoderKL:

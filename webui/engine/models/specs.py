@@ -10,11 +10,13 @@ Prediction = Literal["eps", "v"]
 # Latent scale factors are not stored in checkpoints; these are the reference values.
 SD_LATENT_SCALE = 0.18215
 SDXL_LATENT_SCALE = 0.13025
+# SDXL embeds each size/crop/aesthetic number in 256 sinusoidal channels (sgm's ConcatTimestepEmbedderND).
+SDXL_SCALAR_EMBED_DIM = 256
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Hyperparameters of the LDM `openaimodel.UNetModel` layout (SD 1.x / 2.x)."""
+    """Hyperparameters of the LDM/sgm `openaimodel.UNetModel` layout (SD 1.x / 2.x / SDXL)."""
 
     in_channels: int  # 4, or 9 for inpainting, 5 for SD 2 depth
     out_channels: int
@@ -28,7 +30,10 @@ class UNetConfig:
     # Heads are not visible in shapes: SD 1 uses 8 heads everywhere, SD 2 uses 64 channels per head.
     num_heads: int | None = 8
     num_head_channels: int | None = None
-    use_linear_in_transformer: bool = False  # SD 2: Linear proj_in/proj_out; SD 1: 1x1 convs
+    use_linear_in_transformer: bool = False  # SD 2/SDXL: Linear proj_in/proj_out; SD 1: 1x1 convs
+    # Width of the extra conditioning vector y added to the time embedding through `label_emb`
+    # (SDXL: 2816 = pooled text 1280 + 6 x 256 size embeddings; refiner 2560). None: no `label_emb`.
+    adm_in_channels: int | None = None
 
     @property
     def time_embed_dim(self) -> int:
@@ -74,8 +79,12 @@ class TextEncoderConfig:
     max_positions: int = 77
     activation: str = "quick_gelu"  # CLIP-L uses quick_gelu; OpenCLIP uses exact gelu
     pad_token_id: int = 49407  # SD 1 pads with the end token; OpenCLIP (SD 2) pads with 0
-    # SD 1: last layer ("last"); SD 2: penultimate layer, then the final layer norm ("penultimate").
+    # SD 1: last layer ("last"); SD 2 and SDXL: penultimate layer ("penultimate").
     default_layer: Literal["last", "penultimate"] = "last"
+    # SD 1/2 pass the chosen layer's output through the final layer norm; SDXL uses it raw.
+    final_norm: bool = True
+    # Width of the pooled, projected output (SDXL's OpenCLIP bigG: `text_projection`); 0: not used.
+    projection_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,20 @@ class ModelSpec:
     variant: Literal["base", "inpaint", "depth"]
     unet: UNetConfig
     vae: VAEConfig
-    text_encoder: TextEncoderConfig
+    text_encoder: TextEncoderConfig  # the only one, or SDXL base's first (CLIP-L); the refiner's is bigG
     prediction: Prediction = "eps"
     # Why the prediction type was chosen (shown to the user and recorded in logs).
     prediction_reason: str = "default for this family"
+    # SDXL base's second text encoder (OpenCLIP bigG); its features follow the first's in the context.
+    text_encoder_2: TextEncoderConfig | None = None
+
+    @property
+    def text_encoders(self) -> tuple[TextEncoderConfig, ...]:
+        return (self.text_encoder,) if self.text_encoder_2 is None else (self.text_encoder, self.text_encoder_2)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family in ("sdxl", "sdxl_refiner")
 
     @property
     def label(self) -> str:

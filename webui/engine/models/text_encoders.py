@@ -1,8 +1,10 @@
-"""CLIP text encoders of SD 1.x (CLIP-L) and SD 2.x (OpenCLIP-H) on `transformers`' CLIPTextModel.
+"""CLIP text encoders of SD 1.x (CLIP-L), SD 2.x (OpenCLIP-H) and SDXL (CLIP-L, OpenCLIP-bigG) on
+`transformers`' CLIPTextModel.
 
 Key convention: the loader strips `cfg.prefix` and passes the rest. SD 1 ("clip" layout, prefix
 `cond_stage_model.transformer.`) keys then read `text_model.embeddings.token_embedding.weight`;
 SD 2 ("openclip" layout, prefix `cond_stage_model.model.`) keys read `token_embedding.weight`.
+SDXL's two encoders are combined by `sdxl_text_encoder.SDXLTextEncoder`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ _OPENCLIP_BLOCK = {
 }
 # Present in SD 2 files but unused by SD 2's conditioning (it ends at ln_final, no projection).
 _OPENCLIP_UNUSED = ("text_projection", "logit_scale", "attn_mask")
+# The pooled projection as `CLIPTextModelWithProjection` names it (SDXL's bigG keeps it).
+PROJECTION_KEY = "text_projection.weight"
 
 
 # --- tokenizer -------------------------------------------------------------------------------
@@ -121,15 +125,20 @@ def _installed_key_prefix() -> str:
     return "text_model." if any(k.startswith("text_model.") for k in keys) else ""
 
 
-def openclip_to_transformers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def openclip_to_transformers(sd: Mapping[str, Tensor], keep_projection: bool = False) -> dict[str, Tensor]:
     """Rename OpenCLIP text keys (prefix removed) to the installed CLIPTextModel's keys.
 
     `attn.in_proj_*` rows are [q; k; v] and are split into q/k/v_proj. Unknown keys pass through
-    unchanged so that a strict load reports them.
+    unchanged so that a strict load reports them. `keep_projection` keeps `text_projection` P
+    ([width, projection], applied as x @ P) as `text_projection.weight` = P transposed, the Linear
+    weight of `CLIPTextModelWithProjection` (SDXL's pooled output).
     """
     prefix = _installed_key_prefix()
     out: dict[str, Tensor] = {}
     for key, value in sd.items():
+        if keep_projection and key == "text_projection":
+            out[PROJECTION_KEY] = value.t().contiguous()  # x @ P == Linear with weight P^T
+            continue
         if key in _OPENCLIP_UNUSED:
             continue
         if key in _OPENCLIP_TOP:
@@ -244,13 +253,18 @@ def build_clip_text_model(
 
 
 class SDTextEncoder(torch.nn.Module):
-    """Prompt -> conditioning of SD 1/2, with A1111's 75-token chunking and clip skip."""
+    """Prompt -> conditioning of SD 1/2 (and each of SDXL's encoders), with A1111's 75-token chunking
+    and clip skip. With a `projection` (SDXL's bigG) it also gives the pooled output."""
 
-    def __init__(self, cfg: TextEncoderConfig, model: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+    def __init__(
+        self, cfg: TextEncoderConfig, model: CLIPTextModel, tokenizer: CLIPTokenizer,
+        projection: torch.nn.Linear | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
+        self.projection = projection
         if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no <|startoftext|> / <|endoftext|> tokens")
         self.bos_id: int = tokenizer.bos_token_id
@@ -264,6 +278,8 @@ class SDTextEncoder(torch.nn.Module):
             raise ValueError(
                 f"text model has {built} layers but its '{cfg.default_layer}' output needs {self.top_layer}"
             )
+        if projection is not None and built < cfg.layers:
+            raise ValueError(f"the pooled output needs all {cfg.layers} layers, but only {built} are built")
         too_big = [i for i in (self.bos_id, self.eos_id, self.pad_id, len(tokenizer) - 1) if i >= cfg.vocab_size]
         if too_big:
             raise ValueError(f"tokenizer ids {too_big} do not fit the text model's vocabulary of {cfg.vocab_size}")
@@ -300,15 +316,37 @@ class SDTextEncoder(torch.nn.Module):
     @torch.inference_mode()
     def encode_chunks(self, ids: Tensor, clip_skip: int = 1) -> Tensor:
         """(N, 77) token ids -> (N, 77, width) conditioning in the model's dtype."""
+        return self._run(ids, clip_skip, pooled=False)[0]
+
+    @torch.inference_mode()
+    def encode_chunks_pooled(self, ids: Tensor, clip_skip: int = 1) -> tuple[Tensor, Tensor]:
+        """(N, 77) ids -> ((N, 77, width) conditioning, (N, projection_dim) pooled output).
+
+        pooled = final_layer_norm(last block)[first end token] @ P, whatever the clip skip (as sgm).
+        """
+        features, pooled = self._run(ids, clip_skip, pooled=True)
+        assert pooled is not None
+        return features, pooled
+
+    def _run(self, ids: Tensor, clip_skip: int, pooled: bool) -> tuple[Tensor, Tensor | None]:
         self._check_clip_skip(clip_skip)
+        if pooled and self.projection is None:
+            raise ValueError("this text encoder has no text projection, so no pooled output")
         if ids.ndim != 2 or ids.shape[1] > self.cfg.max_positions:
             raise ValueError(f"ids must be (N, <= {self.cfg.max_positions}), got {tuple(ids.shape)}")
         ids = ids.to(device=self.device, dtype=torch.long)
         layer = self.top_layer - (clip_skip - 1)  # 1-based block whose output we use
-        if layer == self.model.config.num_hidden_layers:
-            return self.model(input_ids=ids).last_hidden_state  # already final_layer_norm(last block)
-        hidden = self.model(input_ids=ids, output_hidden_states=True).hidden_states  # [emb, block 1, ...]
-        return _text_transformer(self.model).final_layer_norm(hidden[layer])
+        if self.cfg.final_norm and not pooled and layer == self.model.config.num_hidden_layers:
+            return self.model(input_ids=ids).last_hidden_state, None  # already final_layer_norm(last block)
+        out = self.model(input_ids=ids, output_hidden_states=True)
+        features = out.hidden_states[layer]  # [emb, block 1, ...]
+        if self.cfg.final_norm:
+            features = _text_transformer(self.model).final_layer_norm(features)
+        if not pooled:
+            return features, None
+        first_end = (ids == self.eos_id).int().argmax(dim=-1)  # (N,) position of the first end token
+        last = out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), first_end]  # (N, width)
+        return features, self.projection(last)  # type: ignore[misc]
 
     @torch.inference_mode()
     def encode(self, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1) -> Tensor:
@@ -317,16 +355,28 @@ class SDTextEncoder(torch.nn.Module):
         n = max(min_chunks, most chunks of any prompt): pass the other side's chunk count as
         `min_chunks` to give cond and uncond the same length, as A1111 does.
         """
+        return self.encode_with_pooled(prompts, clip_skip, min_chunks, pooled=False)[0]
+
+    @torch.inference_mode()
+    def encode_with_pooled(
+        self, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1, pooled: bool | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Like `encode`, plus (B, projection_dim) pooled outputs of each prompt's FIRST chunk (as A1111)
+        when the encoder has a projection (`pooled=None`: whenever it has one); else None."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r}")
         if min_chunks < 1:
             raise ValueError(f"min_chunks must be at least 1, got {min_chunks}")
+        pooled = self.projection is not None if pooled is None else pooled
         per_prompt = [self.tokenize_chunks(p) for p in prompts]
         n = max(min_chunks, *(len(c) for c in per_prompt))
         empty = self.chunk_tokens_of([])[0]
         rows = [row for chunks in per_prompt for row in chunks + [empty] * (n - len(chunks))]
-        out = self.encode_chunks(torch.tensor(rows, dtype=torch.long), clip_skip)  # (B*n, 77, W)
-        return out.reshape(len(prompts), n * out.shape[1], out.shape[2])  # (B, n*77, W)
+        out, pooled_rows = self._run(torch.tensor(rows, dtype=torch.long), clip_skip, pooled)  # (B*n, 77, W)
+        context = out.reshape(len(prompts), n * out.shape[1], out.shape[2])  # (B, n*77, W)
+        if pooled_rows is None:
+            return context, None
+        return context, pooled_rows.reshape(len(prompts), n, -1)[:, 0]  # (B*n, P) -> (B, P) of chunk 0
 
 
 def text_encoder_from_state_dict(
@@ -343,19 +393,35 @@ def text_encoder_from_state_dict(
     if cfg.layout == "clip":
         hf_sd = hf_clip_to_transformers(sd)
     elif cfg.layout == "openclip":
-        hf_sd = openclip_to_transformers(sd)
+        hf_sd = openclip_to_transformers(sd, keep_projection=cfg.projection_dim > 0)
     else:
         raise ValueError(f"unknown text encoder layout {cfg.layout!r}; expected 'clip' or 'openclip'")
-    # Blocks after the one clip skip 1 reads are never used: do not build them.
-    num_layers = cfg.layers - (1 if cfg.default_layer == "penultimate" else 0)
+    projection = None
+    if cfg.projection_dim:  # the pooled output reads the last block: build them all
+        weight = hf_sd.pop(PROJECTION_KEY, None)
+        if weight is None:
+            raise ValueError("the pooled output needs 'text_projection', which is missing")
+        if tuple(weight.shape) != (cfg.projection_dim, cfg.width):
+            raise ValueError(f"text_projection is {tuple(weight.t().shape)}, expected {(cfg.width, cfg.projection_dim)}")
+        with torch.device("meta"):
+            projection = torch.nn.Linear(cfg.width, cfg.projection_dim, bias=False)
+        projection.load_state_dict({"weight": weight.to(device=device, dtype=dtype)}, assign=True)
+        projection.eval().requires_grad_(False)
+        num_layers = cfg.layers
+    else:  # blocks after the one clip skip 1 reads are never used: do not build them
+        num_layers = cfg.layers - (1 if cfg.default_layer == "penultimate" else 0)
     model = build_clip_text_model(cfg, hf_sd, dtype, device, num_layers=num_layers)
-    return SDTextEncoder(cfg, model, load_clip_tokenizer(tokenizer_folder))
+    return SDTextEncoder(cfg, model, load_clip_tokenizer(tokenizer_folder), projection)
 
 
 def text_encoder_config_from_shapes(
-    layout: Literal["clip", "openclip"], prefix: str, shapes: Mapping[str, tuple[int, ...]]
+    layout: Literal["clip", "openclip"], prefix: str, shapes: Mapping[str, tuple[int, ...]], sdxl: bool = False
 ) -> TextEncoderConfig:
-    """Infer a TextEncoderConfig from tensor shapes; keys include `prefix`."""
+    """Infer a TextEncoderConfig from tensor shapes; keys include `prefix`.
+
+    `sdxl`: SDXL's use of the encoder: penultimate layer without the final layer norm, and for
+    OpenCLIP (bigG) the pooled output through `text_projection`.
+    """
     if layout == "clip":
         # Most SD 1 files have `text_model.`; some old ones lack that level (A1111 renames them).
         base = prefix + "text_model." if f"{prefix}text_model.embeddings.token_embedding.weight" in shapes else prefix
@@ -377,7 +443,12 @@ def text_encoder_config_from_shapes(
         layout=layout, prefix=prefix, width=width, layers=layers, heads=max(1, width // 64),
         mlp_width=shapes[mlp][0], vocab_size=vocab_size, max_positions=shapes[position][0],
     )
+    if sdxl:
+        projection = shapes.get(prefix + "text_projection") if layout == "openclip" else None
+        if layout == "openclip" and projection is None:
+            raise ValueError(f"text encoder key not found: {prefix}text_projection")
+        common.update(default_layer="penultimate", final_norm=False, projection_dim=projection[1] if projection else 0)
     if layout == "clip":
         # The end token pads; it is the last id of a CLIP-format vocabulary (49407).
-        return TextEncoderConfig(**common, activation="quick_gelu", pad_token_id=vocab_size - 1, default_layer="last")
-    return TextEncoderConfig(**common, activation="gelu", pad_token_id=0, default_layer="penultimate")
+        return TextEncoderConfig(**{"default_layer": "last", **common}, activation="quick_gelu", pad_token_id=vocab_size - 1)
+    return TextEncoderConfig(**{"default_layer": "penultimate", **common}, activation="gelu", pad_token_id=0)

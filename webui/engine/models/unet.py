@@ -1,6 +1,8 @@
-"""The SD 1.x / 2.x UNet, with module names that mirror the original LDM keys (`model.diffusion_model.*`).
+"""The SD 1.x / 2.x / SDXL UNet, with module names that mirror the original keys (`model.diffusion_model.*`).
 
 A checkpoint's UNet tensors load into `UNetModel` with `load_state_dict(strict=True)` and no renaming.
+SDXL adds `label_emb`, which embeds the conditioning vector y (pooled text + size embeddings) and adds
+it to the time embedding.
 """
 
 from __future__ import annotations
@@ -183,13 +185,18 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNetModel(nn.Module):
-    """eps/v-predicting UNet of SD 1.x / 2.x: forward(x, timesteps, context) -> same shape as x's first 4 channels."""
+    """eps/v-predicting UNet of SD 1.x / 2.x / SDXL: forward(x, timesteps, context, y=None) -> (B, out_channels, h, w)."""
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         self.config = cfg
         mc, emb_dim = cfg.model_channels, cfg.time_embed_dim
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.adm_in_channels:
+            # sgm's "sequential" class embedding: label_emb.0.{0,2} (the outer Sequential keeps the key's `.0.`).
+            self.label_emb = nn.Sequential(
+                nn.Sequential(nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            )
 
         def transformer(ch: int, depth: int) -> SpatialTransformer:
             heads, dim_head = cfg.heads_for(ch)
@@ -232,9 +239,20 @@ class UNetModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.out[2].weight.dtype
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, h, w) latents; timesteps: (B,) in [0, 1000); context: (B, tokens, context_dim)."""
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, in_channels, h, w) latents; timesteps: (B,) in [0, 1000); context: (B, tokens, context_dim);
+        y: (B, adm_in_channels), required exactly when the model has `label_emb` (SDXL)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
+        adm = self.config.adm_in_channels
+        if (y is None) != (not adm):
+            raise ValueError(f"this UNet takes {'a conditioning vector y of width ' + str(adm) if adm else 'no y'}, "
+                             f"got {'none' if y is None else tuple(y.shape)}")
+        if y is not None:
+            if y.shape != (x.shape[0], adm):
+                raise ValueError(f"y must be (batch {x.shape[0]}, {adm}), got {tuple(y.shape)}")
+            emb = emb + self.label_emb(y.to(emb.dtype))
         skips = []
         h = x
         for block in self.input_blocks:

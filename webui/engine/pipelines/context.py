@@ -62,6 +62,9 @@ class PipelineContext:
     cancel: CancelToken = field(default_factory=CancelToken)
     output_dir: Path | None = None  # None: nothing is written to disk
     version: str = "webui"
+    # The loaded model that request.refiner_checkpoint names (the caller loads it, e.g. the SDXL refiner);
+    # the pipelines use it only when the request asks for a refiner.
+    refiner: ModelBundle | None = None
 
     def __post_init__(self) -> None:
         if not self.model_name:

@@ -6,7 +6,7 @@ from PIL import Image
 
 from webui.outputs import format_infotext, next_image_path, save_png
 
-from ..request import GenerationRequest
+from ..request import SDXL_AESTHETIC_SCORE, SDXL_NEGATIVE_AESTHETIC_SCORE, GenerationRequest
 from ..sampling.registry import sampler_info, schedule_label
 from .context import GenerationResult, PipelineContext
 
@@ -53,6 +53,9 @@ def infotext_params(ctx: PipelineContext, request: GenerationRequest, seed: int,
             params["Hires upscale"] = request.hr_scale
         params["Hires steps"] = request.hr_second_pass_steps or None
         params["Hires upscaler"] = request.hr_upscaler
+    if request.refiner_checkpoint:
+        params["Refiner"] = request.refiner_checkpoint
+        params["Refiner switch at"] = request.refiner_switch_at
     if inpaint:
         params["Mask blur"] = request.mask_blur or None
         params["Mask mode"] = "Inpaint not masked" if request.inpainting_mask_invert else None
@@ -63,8 +66,28 @@ def infotext_params(ctx: PipelineContext, request: GenerationRequest, seed: int,
     if mode == "outpaint":
         params["Outpaint"] = (f"left {request.outpaint_left}, right {request.outpaint_right}, "
                               f"top {request.outpaint_top}, bottom {request.outpaint_bottom}")
+    if bundle.spec.is_sdxl or (ctx.refiner is not None and request.refiner_checkpoint):
+        params.update(sdxl_infotext_params(request))
     params["Version"] = ctx.version
     return params
+
+
+def sdxl_infotext_params(request: GenerationRequest) -> dict[str, object]:
+    """The SDXL conditioning fields, each only when it differs from its default (see `webui.outputs.FIELDS`)."""
+    def size(w: int, h: int) -> str | None:  # a 0 side: the generated size's
+        return f"{w}x{h}" if w or h else None
+
+    return {
+        "SDXL original size": size(request.sdxl_original_width, request.sdxl_original_height),
+        "SDXL crop top": request.sdxl_crop_top or None,
+        "SDXL crop left": request.sdxl_crop_left or None,
+        "SDXL target size": size(request.sdxl_target_width, request.sdxl_target_height),
+        "SDXL aesthetic score": (request.sdxl_aesthetic_score
+                                 if request.sdxl_aesthetic_score != SDXL_AESTHETIC_SCORE else None),
+        "SDXL negative aesthetic score": (request.sdxl_negative_aesthetic_score
+                                          if request.sdxl_negative_aesthetic_score != SDXL_NEGATIVE_AESTHETIC_SCORE
+                                          else None),
+    }
 
 
 def finish_batch(

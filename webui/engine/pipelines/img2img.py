@@ -11,6 +11,7 @@ from ..sampling.noise import ImageRNG
 from .context import GenerationResult, PipelineContext
 from .finish import finish_batch, new_result
 from .images import resize_image, to_tensor
+from .refiner import with_refiner
 from .steps import (
     SeedPlan, build_denoiser, decode, encode, encode_prompts, img2img_sigmas, inpainting_conditioning, latent_shape,
     model_schedule, noised, sample,
@@ -38,8 +39,9 @@ def img2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
         concat = inpainting_conditioning(ctx, pixels, torch.ones_like(pixels[:, :1]), request.batch_size)
     denoiser = build_denoiser(ctx, request, cond, uncond, concat)
 
-    # 4. The tail of the schedule that denoising strength selects.
+    # 4. The tail of the schedule that denoising strength selects; the refiner, if any, takes over within it.
     sigmas = img2img_sigmas(request, model_schedule(ctx), request.steps, request.denoising_strength)
+    denoiser, switch = with_refiner(ctx, request, denoiser, sigmas, request.steps)
 
     for batch in range(request.batch_count):
         seeds, subseeds = plan.batch(request, batch)
@@ -48,7 +50,7 @@ def img2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
             rng = ImageRNG(latent_shape(ctx, request.width, request.height), seeds, subseeds, request.subseed_strength)
             x = noised(request, init.to(ctx.bundle.device), rng.first().to(ctx.bundle.device), sigmas, request.denoising_strength)
             with torch.inference_mode():
-                latents = sample(ctx, request, denoiser, x, sigmas, rng, batch)
+                latents = sample(ctx, request, denoiser, x, sigmas, rng, batch, switch=switch)
         except Skipped:
             continue
         except Interrupted:

@@ -15,6 +15,7 @@ from ..sampling.noise import ImageRNG
 from .context import GenerationResult, PipelineContext
 from .finish import finish_batch, new_result
 from .images import crop_region, expand_to_aspect, fill_masked, mask_to_tensor, prepare_mask, resize_image, to_tensor
+from .refiner import with_refiner
 from .steps import (
     SeedPlan, build_denoiser, decode, encode, encode_prompts, img2img_sigmas, inpainting_conditioning, latent_shape,
     model_schedule, noised, sample,
@@ -80,8 +81,9 @@ def inpaint(
     concat = None
     if ctx.bundle.spec.variant == "inpaint":
         concat = inpainting_conditioning(ctx, to_tensor(work), mask_to_tensor(work_mask), request.batch_size)
-    denoiser = KeepUnmasked(build_denoiser(ctx, request, cond, uncond, concat), init, keep)
     sigmas = img2img_sigmas(request, model_schedule(ctx), request.steps, request.denoising_strength)
+    model, switch = with_refiner(ctx, request, build_denoiser(ctx, request, cond, uncond, concat), sigmas, request.steps)
+    denoiser = KeepUnmasked(model, init, keep)
 
     for batch in range(request.batch_count):
         seeds, subseeds = plan.batch(request, batch)
@@ -96,7 +98,7 @@ def inpaint(
                 start = start * keep
             x = noised(request, start, noise, sigmas, request.denoising_strength)
             with torch.inference_mode():
-                latents = sample(ctx, request, denoiser, x, sigmas, rng, batch)
+                latents = sample(ctx, request, denoiser, x, sigmas, rng, batch, switch=switch)
             latents = latents * repaint + init * keep
         except Skipped:
             continue

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from PIL import Image
 
 from webui.errors import RequestError
 
+from ..models.loading import ModelBundle
 from ..preview import latent_preview
 from ..request import GenerationRequest
 from ..sampling.denoisers import CFGDenoiser, Conditioning, DiscreteSchedule, make_denoiser
@@ -18,6 +21,12 @@ from ..sampling.registry import SamplerInfo, effective_schedule, sampler_info
 from ..sampling.schedules import make_sigmas
 from .context import PipelineContext, ProgressEvent
 from .images import to_images, to_tensor
+from .sdxl import sdxl_vector
+
+if TYPE_CHECKING:
+    from .refiner import ModelSwitch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,16 +47,42 @@ class SeedPlan:
         return self.seeds[start : start + request.batch_size], self.subseeds[start : start + request.batch_size]
 
 
-def encode_prompts(ctx: PipelineContext, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cond, uncond) for one batch, each (batch_size, 77 * chunks, width) with equal chunk counts."""
-    te = ctx.bundle.text_encoder
+@dataclass(frozen=True)
+class PromptEncoding:
+    """One side of classifier-free guidance for one batch."""
+
+    context: torch.Tensor  # (batch_size, 77 * chunks, width) token features
+    pooled: torch.Tensor | None = None  # (batch_size, pooled width): SDXL's pooled text embedding
+
+
+def encode_prompts(
+    ctx: PipelineContext, request: GenerationRequest, bundle: ModelBundle | None = None
+) -> tuple[PromptEncoding, PromptEncoding]:
+    """(cond, uncond) of `bundle` (default: the context's model) for one batch, with equal chunk counts.
+
+    SDXL: an empty negative prompt is all zeros (context and pooled), not the encoding of "", as in
+    A1111 and sgm (`force_zero_embeddings`) and diffusers' default.
+    """
+    bundle = bundle or ctx.bundle
+    te = bundle.text_encoder
     chunks = max(len(te.tokenize_chunks(request.prompt)), len(te.tokenize_chunks(request.negative_prompt)))
     try:
-        cond = te.encode([request.prompt], clip_skip=request.clip_skip, min_chunks=chunks)
-        uncond = te.encode([request.negative_prompt], clip_skip=request.clip_skip, min_chunks=chunks)
+        if not bundle.spec.is_sdxl:
+            cond = PromptEncoding(te.encode([request.prompt], clip_skip=request.clip_skip, min_chunks=chunks))
+            uncond = PromptEncoding(te.encode([request.negative_prompt], clip_skip=request.clip_skip, min_chunks=chunks))
+        else:
+            cond = PromptEncoding(*te.encode_with_pooled([request.prompt], request.clip_skip, chunks))
+            if request.negative_prompt == "":
+                uncond = PromptEncoding(torch.zeros_like(cond.context), torch.zeros_like(cond.pooled))
+            else:
+                uncond = PromptEncoding(*te.encode_with_pooled([request.negative_prompt], request.clip_skip, chunks))
     except ValueError as exc:  # clip skip beyond this model's layers
         raise RequestError("clip_skip", request.clip_skip, str(exc)) from exc
-    repeat = lambda t: t.expand(request.batch_size, -1, -1)  # noqa: E731
+
+    def repeat(p: PromptEncoding) -> PromptEncoding:
+        pooled = None if p.pooled is None else p.pooled.expand(request.batch_size, -1)
+        return PromptEncoding(p.context.expand(request.batch_size, -1, -1), pooled)
+
     return repeat(cond), repeat(uncond)
 
 
@@ -67,12 +102,20 @@ def sampling_sigmas(request: GenerationRequest, schedule: DiscreteSchedule, step
     )
 
 
-def build_denoiser(ctx: PipelineContext, request: GenerationRequest, cond: torch.Tensor, uncond: torch.Tensor,
-                   concat: torch.Tensor | None = None) -> CFGDenoiser:
-    bundle = ctx.bundle
+def build_denoiser(ctx: PipelineContext, request: GenerationRequest, cond: PromptEncoding, uncond: PromptEncoding,
+                   concat: torch.Tensor | None = None, *, bundle: ModelBundle | None = None,
+                   size: tuple[int, int] | None = None) -> CFGDenoiser:
+    """The CFG denoiser of `bundle` (default: the context's model). SDXL: each side gets its own y vector,
+    built from its pooled text and `size` = (width, height) of this pass (default: the request's)."""
+    bundle = bundle or ctx.bundle
     denoiser = make_denoiser(bundle.unet, model_schedule(ctx), bundle.spec.prediction)
-    return CFGDenoiser(denoiser, Conditioning(cond, concat), Conditioning(uncond, concat), request.cfg_scale,
-                       request.cfg_rescale)
+    y_cond = y_uncond = None
+    if bundle.spec.is_sdxl:
+        width, height = size or (request.width, request.height)
+        y_cond = sdxl_vector(bundle.spec, cond.pooled, request, width, height)
+        y_uncond = sdxl_vector(bundle.spec, uncond.pooled, request, width, height, negative=True)
+    return CFGDenoiser(denoiser, Conditioning(cond.context, concat, y_cond), Conditioning(uncond.context, concat, y_uncond),
+                       request.cfg_scale, request.cfg_rescale)
 
 
 def sample(
@@ -84,8 +127,12 @@ def sample(
     rng: ImageRNG,
     batch_index: int,
     phase: str = "sampling",
+    switch: ModelSwitch | None = None,
 ) -> torch.Tensor:
-    """Run the request's sampler from x over sigmas, reporting progress and checking cancellation."""
+    """Run the request's sampler from x over sigmas, reporting progress and checking cancellation.
+
+    `switch` (a `refiner.ModelSwitch` inside `model`) is told when each step is done.
+    """
     info: SamplerInfo = sampler_info(request.sampler_name)
     function = info.load()
     options = dict(info.options)
@@ -95,7 +142,12 @@ def sample(
         options["noise_sampler"] = rng.noise_sampler(x.device, x.dtype)
     total = len(sigmas) - 1
 
+    if switch is not None:
+        switch.reset()
+
     def callback(state: dict) -> None:
+        if switch is not None:
+            switch.step_done(state["i"])
         ctx.cancel.check()
         if ctx.on_progress is not None:
             latents = state["denoised"]
@@ -118,10 +170,28 @@ def pure_noise(request: GenerationRequest, noise: torch.Tensor, sigmas: torch.Te
 
 
 def decode(ctx: PipelineContext, latents: torch.Tensor) -> list[Image.Image]:
+    return to_images(decode_pixels(ctx, latents))
+
+
+def decode_pixels(ctx: PipelineContext, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> (B, 3, H, W) pixels in about [-1, 1].
+
+    fp16 VAEs can overflow (the SDXL VAE notably does): when an fp16 decode gives NaN or Inf, it is
+    decoded again in fp32 (the VAE is converted for that call and back; fp16 -> fp32 -> fp16 is exact).
+    """
     vae = ctx.bundle.vae
+    z = latents / ctx.bundle.spec.vae.scale_factor
     with torch.inference_mode():
-        pixels = vae.decode((latents / ctx.bundle.spec.vae.scale_factor).to(vae.dtype))
-    return to_images(pixels)
+        pixels = vae.decode(z.to(vae.dtype))
+        if vae.dtype != torch.float16 or torch.isfinite(pixels).all():
+            return pixels
+    log.warning("the fp16 VAE decode overflowed (NaN/Inf); decoding this batch again in fp32")
+    try:
+        vae.float()  # outside inference mode, so the converted weights stay ordinary tensors
+        with torch.inference_mode():
+            return vae.decode(z.float())
+    finally:
+        vae.half()
 
 
 def encode(ctx: PipelineContext, image: Image.Image | torch.Tensor) -> torch.Tensor:

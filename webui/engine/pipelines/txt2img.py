@@ -1,4 +1,4 @@
-"""txt2img, with batch count x batch size and the hires fix."""
+"""txt2img, with batch count x batch size, the hires fix and the refiner."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..request import GenerationRequest
 from ..sampling.noise import ImageRNG
 from .context import GenerationResult, PipelineContext
 from .finish import finish_batch, new_result
+from .refiner import with_refiner
 from .steps import (
     SeedPlan, build_denoiser, decode, encode, encode_prompts, img2img_sigmas, inpainting_conditioning, latent_shape,
     model_schedule, noised, pure_noise, sample, sampling_sigmas, upscale_latents,
@@ -21,6 +22,9 @@ def txt2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
     variant = ctx.bundle.spec.variant
     if variant == "depth":
         raise RequestError("init_image", None, "an input image: depth models generate from a depth map (use img2img)")
+    if ctx.bundle.spec.family == "sdxl_refiner":
+        raise RequestError("init_image", None, "an input image: the SDXL refiner only refines; use it in img2img, "
+                           "or choose it as refiner_checkpoint of an SDXL base model")
     plan = SeedPlan.of(request)
     result = new_result(request)
 
@@ -30,6 +34,10 @@ def txt2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
     denoiser = build_denoiser(ctx, request, cond, uncond, concat)
     schedule = model_schedule(ctx)
     sigmas = sampling_sigmas(request, schedule, request.steps)
+    # The refiner takes over within this pass, or (as A1111's default) only in the hires pass.
+    switch = None
+    if not request.enable_hr:
+        denoiser, switch = with_refiner(ctx, request, denoiser, sigmas, request.steps)
 
     for batch in range(request.batch_count):
         seeds, subseeds = plan.batch(request, batch)
@@ -39,7 +47,7 @@ def txt2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
             x = pure_noise(request, rng.first().to(ctx.bundle.device), sigmas)
             # 4. Sample.
             with torch.inference_mode():
-                latents = sample(ctx, request, denoiser, x, sigmas, rng, batch)
+                latents = sample(ctx, request, denoiser, x, sigmas, rng, batch, switch=switch)
             # 5. Hires fix: upscale, then denoise again at the higher resolution.
             if request.enable_hr:
                 latents = hires_pass(ctx, request, latents, seeds, subseeds, cond, uncond, batch)
@@ -80,13 +88,14 @@ def hires_pass(ctx, request, latents, seeds, subseeds, cond, uncond, batch) -> t
     concat = None
     if ctx.bundle.spec.variant == "inpaint":
         concat = inpainting_txt2img_conditioning(ctx, request, width, height)
-    denoiser = build_denoiser(ctx, request, cond, uncond, concat)
+    denoiser = build_denoiser(ctx, request, cond, uncond, concat, size=(width, height))
     steps = request.hr_second_pass_steps or request.steps
     sigmas = img2img_sigmas(request, model_schedule(ctx), steps, request.hr_denoising_strength)
+    denoiser, switch = with_refiner(ctx, request, denoiser, sigmas, steps, size=(width, height))
     rng = ImageRNG(latent_shape(ctx, width, height), seeds, subseeds, request.subseed_strength)
     x = noised(request, upscaled, rng.first().to(upscaled.device), sigmas, request.hr_denoising_strength)
     with torch.inference_mode():
-        return sample(ctx, request, denoiser, x, sigmas, rng, batch, phase="hires")
+        return sample(ctx, request, denoiser, x, sigmas, rng, batch, phase="hires", switch=switch)
 
 
 def inpainting_txt2img_conditioning(ctx, request, width=None, height=None) -> torch.Tensor:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t, context) -> output
+# (x, t, context) -> output; SDXL UNets also take the keyword y (B, adm_in_channels).
+UNetFn = Callable[..., torch.Tensor]
 
 
 class DiscreteSchedule:
@@ -61,6 +62,7 @@ class Conditioning:
 
     context: torch.Tensor  # (B, tokens, width) text features
     concat: torch.Tensor | None = None  # (B, c, h, w) extra input channels (inpainting mask+image, depth)
+    y: torch.Tensor | None = None  # (B, adm_in_channels) SDXL's vector: pooled text + size embeddings
 
 
 class EpsDenoiser:
@@ -74,10 +76,15 @@ class EpsDenoiser:
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         c_in = 1.0 / (sigma**2 + 1.0).sqrt()
-        x_in = x * c_in[:, None, None, None]
+        # Samplers keep their state in fp32; the network runs in its own dtype (e.g. bf16 or fp16).
+        dtype = getattr(self.unet, "dtype", x.dtype)
+        x_in = (x * c_in[:, None, None, None]).to(dtype)
         if cond.concat is not None:
-            x_in = torch.cat([x_in, cond.concat.to(x_in.dtype)], dim=1)
-        return self.unet(x_in, self.schedule.sigma_to_t(sigma), cond.context)
+            x_in = torch.cat([x_in, cond.concat.to(dtype)], dim=1)
+        context = cond.context.to(dtype)
+        if cond.y is not None:  # only then: SD 1/2 networks (and wrappers of them) take (x, t, context)
+            return self.unet(x_in, self.schedule.sigma_to_t(sigma), context, y=cond.y.to(dtype))
+        return self.unet(x_in, self.schedule.sigma_to_t(sigma), context)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         eps = self._run(x, sigma, cond)
@@ -126,6 +133,8 @@ class CFGDenoiser:
         # Both halves must have the same token count to share a batch (A1111 pads with empty chunks).
         if cond.context.shape[1] != uncond.context.shape[1]:
             raise ValueError("cond and uncond must have the same number of tokens")
+        if (cond.y is None) != (uncond.y is None):
+            raise ValueError("cond and uncond must both have a conditioning vector y, or neither")
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.cfg_scale == 1.0:  # the uncond half would be multiplied by zero: skip its cost
@@ -133,6 +142,7 @@ class CFGDenoiser:
         both = Conditioning(
             torch.cat([self.cond.context, self.uncond.context]),
             None if self.cond.concat is None else torch.cat([self.cond.concat, self.uncond.concat]),
+            None if self.cond.y is None else torch.cat([self.cond.y, self.uncond.y]),  # each its own pooled text
         )
         denoised = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
         cond, uncond = denoised.chunk(2)
