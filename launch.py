@@ -1,7 +1,8 @@
 """The one entry point: set up what is missing, then run.
 
-    python launch.py            set up the environment, then start (see README)
+    python launch.py [options]  set up the environment, then start the web UI (--help lists the options)
     python launch.py --test     set up the environment with test dependencies, then run the tests
+    python launch.py generate   the command line generator (python -m webui generate --help)
 
 Set-up creates (or reuses) a virtual environment in `.venv`, installs torch with an EXACT pin
 (`torch==2.13.0`, or the spec in the WEBUI_TORCH_SPEC environment variable) and everything else
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -57,6 +59,21 @@ def ensure_environment(extras: str) -> Path:
     return python
 
 
+def ensure_browser() -> None:
+    """Browser tests drive the system Chromium; install it from Debian's packages when we can (root + apt)."""
+    if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
+        return
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("Installing Chromium for the browser tests (Debian packages chromium, chromium-driver) ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", "fonts-liberation"],
+                       check=False, env=env)
+        return
+    print("Chromium is not installed: the browser tests will be skipped "
+          "(install the 'chromium' package to run them).", flush=True)
+
+
 def in_project_venv() -> bool:
     return Path(sys.prefix).resolve() == VENV.resolve()
 
@@ -64,13 +81,18 @@ def in_project_venv() -> bool:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--test"]:
         python = ensure_environment("test")
+        ensure_browser()
         return subprocess.call([str(python), "-m", "pytest", *argv[1:]], cwd=ROOT)
     python = ensure_environment("")
     if not in_project_venv():
         return subprocess.call([str(python), str(ROOT / "launch.py"), *argv], cwd=ROOT)
-    from webui.__main__ import main as webui_main
+    if argv[:1] in (["generate"], ["models"]):
+        from webui.__main__ import main as cli_main
 
-    return webui_main(argv)
+        return cli_main(argv)
+    from webui.app import main as app_main
+
+    return app_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Model folders (ours, A1111's and ComfyUI's layouts), name -> path only from the list, and presets."""
+
+from pathlib import Path
+
+import pytest
+
+from webui.errors import RequestError
+from webui.paths import ModelLibrary, safe_join
+from webui.presets import PresetError, load_preset, load_presets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_our_layout_and_a1111_layout(tmp_path):
+    touch(tmp_path / "checkpoints" / "a.safetensors")
+    touch(tmp_path / "Stable-diffusion" / "sub" / "b.ckpt")
+    touch(tmp_path / "VAE" / "v.pt")
+    touch(tmp_path / "checkpoints" / "notes.txt")
+    library = ModelLibrary(tmp_path)
+    assert library.names("checkpoints") == ["a.safetensors", "sub/b.ckpt"]
+    assert library.names("vae") == ["v.pt"]
+    assert library.path("checkpoints", "sub/b.ckpt").name == "b.ckpt"
+    assert library.path("checkpoints", "a").name == "a.safetensors"  # without its extension
+
+
+@pytest.mark.parametrize("name", ["../x.safetensors", "/etc/passwd", "a.safetensors/../../x", "sub\\..\\..\\x", ""])
+def test_only_listed_names_resolve(tmp_path, name):
+    touch(tmp_path / "checkpoints" / "a.safetensors")
+    touch(tmp_path / "x.safetensors")
+    with pytest.raises(RequestError, match="a name from the checkpoints list"):
+        ModelLibrary(tmp_path).path("checkpoints", name)
+
+
+def test_links_out_of_the_folder_are_not_listed(tmp_path):
+    outside = touch(tmp_path / "elsewhere" / "secret.safetensors")
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "checkpoints" / "link.safetensors").symlink_to(outside)
+    assert ModelLibrary(tmp_path / "models").names("checkpoints") == []
+    assert safe_join(tmp_path, "../x") is None and safe_join(tmp_path, "a/b") == (tmp_path / "a" / "b").resolve()
+
+
+def test_shipped_presets_are_valid():
+    presets = load_presets(ROOT / "presets")
+    assert {"sd15-512", "sd2-768-v", "sdxl-1024", "low-vram", "demo"} <= set(presets)
+    assert presets["demo"]["width"] == 128
+
+
+def test_unknown_preset_key_names_file_and_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("width: 512\nsampler: Euler\n")
+    with pytest.raises(PresetError, match="Preset mine.yaml: unknown key 'sampler'"):
+        load_preset(path)
+    path.write_text("width: 513\n")
+    with pytest.raises(PresetError, match="Preset mine.yaml: width: 513"):
+        load_preset(path)

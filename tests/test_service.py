@@ -1,0 +1,96 @@
+"""The app's service on a tiny model: validation before queueing, owners, progress, PNG info, interrupt."""
+
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from webui.app import build_service
+from webui.config import LaunchOptions
+from webui.errors import RequestError
+from webui.jobs import JobNotFound
+
+from .engine.models.tiny_checkpoints import Recipe, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    save_file(make_checkpoint(Recipe("sd1"), seed=1), str(root / "models" / "checkpoints" / "tiny.safetensors"))
+    options = LaunchOptions(models_dir=root / "models", outputs_dir=root / "outputs", settings_file=root / "s.json",
+                            presets_dir=Path(__file__).resolve().parent.parent / "presets", precision="fp32")
+    service = build_service(options)
+    yield service
+    service.jobs.stop()
+
+
+def wait(service, owner, job_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = service.status(owner, job_id)
+        if status.finished:
+            return status
+        time.sleep(0.05)
+    raise TimeoutError(job_id)
+
+
+SMALL = dict(prompt="a red circle", width=64, height=64, steps=3, seed=9)
+
+
+def test_generate_saves_images_with_infotext(service):
+    assert service.checkpoints() == ["tiny.safetensors"] and service.default_checkpoint() == "tiny.safetensors"
+    job = service.submit("ann", "tiny.safetensors", "Automatic", {**SMALL, "batch_size": 2})
+    status = wait(service, "ann", job)
+    assert status.state == "done" and status.seeds == [9, 10] and len(status.images) == 2
+    assert all(Path(p).is_file() for p in status.paths) and "txt2img-images" in status.paths[0]
+    text, values = service.read_infotext(Image.open(status.paths[1]))
+    assert "Seed: 10" in text and values["seed"] == 10 and values["prompt"] == "a red circle"
+    assert values["width"] == 64 and values["sampler_name"] == "DPM++ 2M"
+
+
+def test_bad_values_are_refused_before_queueing(service):
+    with pytest.raises(RequestError, match="steps"):
+        service.submit("ann", "tiny.safetensors", None, {**SMALL, "steps": 0})
+    with pytest.raises(RequestError, match="checkpoint: '../tiny' is not allowed"):
+        service.submit("ann", "../tiny", None, SMALL)
+    with pytest.raises(RequestError, match="vae"):
+        service.submit("ann", "tiny.safetensors", "/etc/passwd", SMALL)
+
+
+def test_a_user_sees_and_cancels_only_their_own_jobs(service):
+    job = service.submit("ann", "tiny.safetensors", None, {**SMALL, "steps": 40, "batch_count": 3})
+    with pytest.raises(JobNotFound):
+        service.status("bob", job)
+    with pytest.raises(JobNotFound):
+        service.interrupt("bob", job)
+    deadline = time.monotonic() + 30
+    while service.status("ann", job).step < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    progress = service.status("ann", job)
+    assert progress.state == "running" and progress.total_steps == 40 and progress.preview
+    service.interrupt("ann", job)
+    status = wait(service, "ann", job)
+    assert status.state == "interrupted" and len(status.images) < 3
+
+
+def test_a_failed_job_reports_and_the_next_one_runs(service, tmp_path):
+    bad = service.library.models_dir / "checkpoints" / "broken.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    service.refresh_models()
+    job = service.submit("ann", "broken.safetensors", None, SMALL)
+    status = wait(service, "ann", job)
+    assert status.state == "failed" and "broken.safetensors" in status.error
+    assert wait(service, "ann", service.submit("ann", "tiny.safetensors", None, SMALL)).state == "done"
+    bad.unlink()
+    service.refresh_models()
+
+
+def test_token_count_and_presets(service):
+    assert service.count_tokens("a photo of a cat") == (5, 75)
+    assert service.count_tokens("word " * 80) == (80, 150)
+    assert "demo" in service.presets()
+    assert service.save_settings({"preview_every": 2}) == ["Settings saved."]
+    assert service.settings()["preview_every"] == 2

@@ -1,0 +1,91 @@
+"""Composition root: command line -> objects -> launch. The ONLY place long-lived objects are created."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no version check or telemetry calls
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from webui.config import ConfigError, LaunchOptions, SettingsStore, parse_options  # noqa: E402
+
+
+def build_service(options: LaunchOptions):
+    """Everything but the UI: models, settings, presets, the model store and the job queue."""
+    from webui.engine.memory.devices import choose_device, choose_dtype
+    from webui.engine.models.store import ModelStore
+    from webui.paths import ModelLibrary
+    from webui.presets import load_presets
+    from webui.service import WebUIService
+
+    settings = SettingsStore(options.settings_file)
+    device_name = options.device if options.device != "auto" else settings.current.device
+    precision = options.precision if options.precision != "auto" else settings.current.precision
+    device = choose_device(device_name)
+    store = ModelStore(dtype=choose_dtype(precision, device), device=device)
+    return WebUIService(options, ModelLibrary(options.models_dir), store, settings, load_presets(options.presets_dir))
+
+
+# Gradio follows the system's light/dark preference; these force one (it reads the `dark` class on <body>).
+THEME_JS = {
+    "dark": "() => { document.body.classList.add('dark'); }",
+    "light": "() => { document.body.classList.remove('dark'); }",
+}
+
+
+def launch(options: LaunchOptions, *, block: bool = True):
+    """Build the app and serve it; returns the Gradio Blocks (still serving when block=False)."""
+    from webui.ui.app_ui import build_ui
+
+    service = build_service(options)
+    if not service.checkpoints():
+        print(f"No checkpoint found in {options.models_dir / 'checkpoints'}: put a .safetensors model there "
+              "(SD 1.x / 2.x) and press the refresh button next to the checkpoint list.")
+    if options.exposed and not options.auth:
+        print("WARNING: running WITHOUT a login while exposed (--insecure-no-auth): anyone who can reach this "
+              "address can use it.")
+    for flag, missing in ((options.lowvram or options.medvram, "--lowvram/--medvram: CPU offloading is not built yet; "
+                           "running without it"),
+                          (options.api, "--api: the AUTOMATIC1111-compatible REST API is not built yet; Gradio's own "
+                           "API is available (\"Use via API\" at the bottom of the page)")):
+        if flag:
+            print(f"Note: {missing}.")
+    demo = build_ui(service)
+    demo.queue(max_size=64, default_concurrency_limit=1)
+    demo.launch(
+        server_name=options.server_name,
+        server_port=options.port,
+        share=options.share,
+        auth=list(options.auth) or None,
+        show_error=True,
+        prevent_thread_lock=True,
+        js=THEME_JS.get(options.theme),
+        quiet=True,
+    )
+    print(f"Running on http://{'127.0.0.1' if not options.listen else '0.0.0.0'}:{options.port}", flush=True)
+    if options.share:
+        if demo.share_url:
+            print(f"Public link: {demo.share_url}", flush=True)
+        else:
+            print("Could not create the public share link (no internet connection, or the tunnel service is "
+                  "unreachable). Still serving locally.", flush=True)
+    if block:
+        try:
+            demo.block_thread()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            service.jobs.stop()
+            demo.close()
+    return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options = parse_options(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    launch(options)
+    return 0

@@ -1,0 +1,1 @@
+"""Memory and device policy: which device and dtype the engine runs on."""
