@@ -94,3 +94,26 @@ def test_token_count_and_presets(service):
     assert "demo" in service.presets()
     assert service.save_settings({"preview_every": 2}) == ["Settings saved."]
     assert service.settings()["preview_every"] == 2
+
+
+def test_sdxl_with_a_refiner_through_the_service(tmp_path):
+    root = tmp_path
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    save_file(make_checkpoint(Recipe("sdxl"), seed=1), str(root / "models" / "checkpoints" / "xl.safetensors"))
+    save_file(make_checkpoint(Recipe("sdxl_refiner"), seed=2), str(root / "models" / "checkpoints" / "xl-ref.safetensors"))
+    options = LaunchOptions(models_dir=root / "models", outputs_dir=root / "outputs", settings_file=root / "s.json",
+                            presets_dir=Path(__file__).resolve().parent.parent / "presets", precision="fp32")
+    service = build_service(options)
+    try:
+        with pytest.raises(RequestError, match="refiner_checkpoint"):
+            service.submit("ann", "xl", None, {**SMALL, "refiner_checkpoint": "nope"})
+        job = service.submit("ann", "xl", None, {**SMALL, "steps": 5, "refiner_checkpoint": "xl-ref",
+                                                 "refiner_switch_at": 0.6})
+        status = wait(service, "ann", job)
+        assert status.state == "done", status.error
+        assert "Refiner: xl-ref" in status.infotexts[0] and "Refiner switch at: 0.6" in status.infotexts[0]
+        assert service.refiner_store.current is not None
+        assert wait(service, "ann", service.submit("ann", "xl", None, SMALL)).state == "done"
+        assert service.refiner_store.current is None  # freed when no longer asked for
+    finally:
+        service.jobs.stop()

@@ -55,7 +55,7 @@ def list_models(args: argparse.Namespace) -> int:
         print("  none yet: put single-file SD 1.x / 2.x / SDXL checkpoints (.safetensors) in this folder")
     for path in files:
         print(describe(path))
-    print("\nThe web interface is not built yet; generate with `python -m webui generate --help`.")
+    print("\nStart the web UI with `python launch.py`; generate from here with `python -m webui generate --help`.")
     return 0
 
 
@@ -82,8 +82,13 @@ def generate(args: argparse.Namespace) -> int:
         print(f"Loading {checkpoint.name} ...", flush=True)
         bundle = load_checkpoint(checkpoint, vae_path=vae, prediction=args.prediction)
         print(f"  {bundle.spec.label}, {bundle.spec.prediction} prediction ({bundle.spec.prediction_reason})")
+        refiner = None
+        if request.refiner_checkpoint:
+            refiner_path = find_model(request.refiner_checkpoint, args.models_dir / "checkpoints", "refiner checkpoint")
+            print(f"Loading the refiner {refiner_path.name} ...", flush=True)
+            refiner = load_checkpoint(refiner_path)
         args.out.mkdir(parents=True, exist_ok=True)
-        result = run(request, PipelineContext(bundle, on_progress=progress, output_dir=args.out))
+        result = run(request, PipelineContext(bundle, on_progress=progress, output_dir=args.out, refiner=refiner))
     except (WebUIError, OSError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
@@ -126,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--only-masked", dest="inpaint_full_res", action="store_const", const=True, help='inpaint area "Only masked"')
     for side in ("left", "right", "top", "bottom"):
         g.add_argument(f"--outpaint-{side}", dest=f"outpaint_{side}", type=int, help=f"outpaint: pixels to add {side}")
+    g.add_argument("--refiner", dest="refiner_checkpoint", help="SDXL: a refiner checkpoint (name or path)")
+    g.add_argument("--refiner-switch-at", dest="refiner_switch_at", type=float, help="fraction of steps (default 0.8)")
     g.add_argument("--hires", dest="enable_hr", action="store_const", const=True, help="txt2img: enable the hires fix")
     g.add_argument("--hr-scale", dest="hr_scale", type=float)
     g.add_argument("--hr-upscaler", dest="hr_upscaler")

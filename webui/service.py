@@ -42,6 +42,8 @@ class WebUIService:
         self.store = store
         self.settings_store = settings
         self._presets = presets
+        # The refiner (SDXL's second model) is held beside the main model only while requests use one.
+        self.refiner_store = ModelStore(dtype=store.dtype, device=store.device)
         self.jobs = JobQueue(self._run)
 
     # --- models ----------------------------------------------------------------------------------
@@ -90,7 +92,10 @@ class WebUIService:
             raise RequestError("checkpoint", checkpoint, f"a checkpoint; none is installed yet: put one in {where}")
         checkpoint_path = self.library.path("checkpoints", checkpoint, "checkpoint")
         vae_path = None if not vae or vae == AUTOMATIC_VAE else self.library.path("vae", vae, "vae")
-        job = Job(owner, (request, checkpoint_path, vae_path))
+        refiner_path = None
+        if request.refiner_checkpoint:
+            refiner_path = self.library.path("checkpoints", request.refiner_checkpoint, "refiner_checkpoint")
+        job = Job(owner, (request, checkpoint_path, vae_path, refiner_path))
         self.jobs.submit(job)
         return job.id
 
@@ -110,9 +115,14 @@ class WebUIService:
         self.jobs.get(owner, job_id).cancel.skip()
 
     def _run(self, job: Job) -> None:
-        request, checkpoint_path, vae_path = job.payload
+        request, checkpoint_path, vae_path, refiner_path = job.payload
         job.phase = "loading model"
         bundle = self.store.load(checkpoint_path, vae_path=vae_path)
+        if refiner_path is not None:
+            refiner = self.refiner_store.load(refiner_path)
+        else:
+            refiner = None
+            self.refiner_store.unload()
         settings = self.settings_store.current
         job.phase = "sampling"
         job.batch_count = request.batch_count
@@ -125,7 +135,7 @@ class WebUIService:
 
         output_dir = self.options.outputs_dir / f"{request.mode}-images" if settings.save_images else None
         ctx = PipelineContext(bundle, model_name=checkpoint_path.stem, on_progress=on_progress, cancel=job.cancel,
-                              output_dir=output_dir)
+                              output_dir=output_dir, refiner=refiner)
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)
         result = generate(request, ctx)

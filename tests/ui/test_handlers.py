@@ -16,7 +16,8 @@ GALLERY, INFOTEXT, PROGRESS, PREVIEW, ERROR = range(5)
 TXT2IMG_FIELDS = {
     "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height", "batch_count", "batch_size",
     "cfg_scale", "seed", "subseed", "subseed_strength", "clip_skip", "enable_hr", "hr_upscaler",
-    "hr_second_pass_steps", "hr_denoising_strength", "hr_scale", "hr_resize_x", "hr_resize_y",
+    "hr_second_pass_steps", "hr_denoising_strength", "hr_scale", "hr_resize_x", "hr_resize_y", "refiner_checkpoint",
+    "refiner_switch_at",
 }
 
 

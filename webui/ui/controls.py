@@ -101,7 +101,21 @@ def build_settings_area(tab: str, services: UIServices, *, hires: bool = False) 
     b["clip_skip"] = Binding(slider("clip_skip", "Clip skip", 1, 12, 1, f"{tab}_clip_skip"))
     if hires:
         b.update(build_hires(tab))
+    b.update(build_refiner(tab, services))
     return SettingsArea(seed, random_seed, reuse_seed, b)
+
+
+def build_refiner(tab: str, services: UIServices) -> dict[str, Binding]:
+    """A second model (the SDXL refiner) that takes over for the last part of sampling."""
+    b: dict[str, Binding] = {}
+    with gr.Accordion("Refiner", open=False, elem_id=f"{tab}_refiner"):
+        with gr.Row():
+            b["refiner_checkpoint"] = Binding(FieldDropdown(
+                choices=["", *services.checkpoints()], value=REQUEST_DEFAULTS["refiner_checkpoint"],
+                label="Refiner checkpoint (empty: none)", elem_id=f"{tab}_refiner_checkpoint"))
+            b["refiner_switch_at"] = Binding(slider("refiner_switch_at", "Switch at (fraction of steps)", 0.01, 1,
+                                                    0.01, f"{tab}_refiner_switch_at", integer=False))
+    return b
 
 
 def build_hires(tab: str) -> dict[str, Binding]:
