@@ -62,6 +62,9 @@ def launch(options: LaunchOptions, *, block: bool = True):
         prevent_thread_lock=True,
         js=THEME_JS.get(options.theme),
         quiet=True,
+        footer_links=["api", "settings"],
+        run_history=False,  # Gradio would otherwise offer to upload runs to a Hugging Face bucket
+        enable_monitoring=False,  # /monitoring is on by default
     )
     print(f"Running on http://{'127.0.0.1' if not options.listen else '0.0.0.0'}:{options.port}", flush=True)
     if options.share:

@@ -6,26 +6,17 @@ Screenshots of each flow go to test-artifacts/ (git-ignored).
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.ui.browser import needs_browser, open_page, paint_stroke, set_number, shot, upload_to_editor
 from tests.ui.conftest import launch
 from tests.ui.fake_services import FakeServices
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="browser tests need Chromium at /usr/bin/chromium "
-                                                     "(apt-get install chromium)"),
-]
+pytestmark = needs_browser
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip install playwright)")
 expect = sync_api.expect
 
@@ -41,17 +32,8 @@ def app():
 @pytest.fixture(scope="module")
 def page(app):
     _, url = app
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        context = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
-                                                       args=ARGS, viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(20_000)
-        expect.set_options(timeout=15_000)  # the 2-core test machine is shared: be patient, not flaky
-        page = context.pages[0] if context.pages else context.new_page()
-        page.goto(url, wait_until="domcontentloaded")  # never "networkidle": the heartbeat stays open
-        page.locator("#txt2img_prompt textarea").wait_for()
+    with open_page(url) as page:
         yield page
-        context.close()
 
 
 @pytest.fixture(autouse=True)
@@ -60,16 +42,6 @@ def screenshot_on_failure(request, page):
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         shot(page, f"FAILED_{request.node.name}")
-
-
-def set_number(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"ui_{name}.png"), full_page=True)
 
 
 def test_txt2img_flow(app, page):
@@ -122,22 +94,8 @@ def test_inpaint_paints_a_mask(app, page, tmp_path):
     source = tmp_path / "inpaint-source.png"
     Image.new("RGB", (256, 256), (40, 90, 160)).save(source)
     page.get_by_role("tab", name="Inpaint").click()
-    page.locator("#inpaint_editor canvas").first.wait_for()
-    for attempt in range(3):  # a freshly opened editor may drop a file it gets before it is ready
-        page.locator("#inpaint_editor input[type=file]").set_input_files(str(source))
-        try:
-            page.locator("#inpaint_editor .empty").wait_for(state="detached", timeout=6_000)
-            break
-        except sync_api.TimeoutError:
-            if attempt == 2:
-                raise
-    time.sleep(0.5)  # the editor draws the background before it takes strokes
-    box = page.locator("#inpaint_editor canvas").first.bounding_box()
-    x, y = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.45
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x + box["width"] * 0.15, y + box["height"] * 0.05, steps=2)
-    page.mouse.up()
+    upload_to_editor(page, "inpaint_editor", source)
+    paint_stroke(page, "inpaint_editor")
     page.locator("#inpaint_prompt textarea").fill("a window")
     set_number(page, "inpaint_steps", 3)
     set_number(page, "inpaint_width", 256)

@@ -1,0 +1,123 @@
+"""The real app (real engine, tiny random-weight model) in headless Chromium: every tab end to end.
+
+Screenshots of each flow go to test-artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from tests.ui.browser import needs_browser, open_page, paint_stroke, set_number, shot, upload_to_editor
+from webui.app import launch
+from webui.config import LaunchOptions
+
+from .engine.models.tiny_checkpoints import Recipe, make_checkpoint
+
+pytestmark = needs_browser
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright")
+expect = sync_api.expect
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browserapp")
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    save_file(make_checkpoint(Recipe("sd1"), seed=1), str(root / "models" / "checkpoints" / "tiny.safetensors"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = LaunchOptions(port=port, models_dir=root / "models", outputs_dir=root / "outputs",
+                            settings_file=root / "settings.json",
+                            presets_dir=Path(__file__).resolve().parent.parent / "presets", precision="fp32")
+    demo = launch(options, block=False)
+    yield root, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with open_page(app[1]) as page:
+        yield page
+
+
+def small(page, tab: str, steps: int = 3, size: int = 64) -> None:
+    set_number(page, f"{tab}_steps", steps)
+    set_number(page, f"{tab}_width", size)
+    set_number(page, f"{tab}_height", size)
+
+
+def test_txt2img_then_img2img(app, page):
+    root, _ = app
+    page.locator("#txt2img_prompt textarea").fill("a red circle on a blue background")
+    expect(page.locator("#txt2img_token_counter")).to_contain_text("7/75")
+    small(page, "txt2img")
+    set_number(page, "txt2img_seed", 1234)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile(r"Steps: 3, .*Seed: 1234"))
+    assert len(list((root / "outputs" / "txt2img-images").glob("*-1234.png"))) == 1
+    shot(page, "real_txt2img")
+
+    page.locator("#txt2img_send_img2img").click()
+    expect(page.locator("#tab_img2img")).to_be_visible()
+    page.locator("#img2img_prompt textarea").fill("an oil painting")
+    small(page, "img2img")
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#img2img_infotext textarea")).to_have_value(re.compile(r"Denoising strength: 0\.75"),
+                                                                     timeout=60_000)
+    shot(page, "real_img2img")
+
+
+def test_interrupt_a_long_job(app, page):
+    page.get_by_role("tab", name="txt2img").click()
+    small(page, "txt2img", steps=150)
+    set_number(page, "txt2img_batch_count", 5)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_progress")).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+    page.locator("#txt2img_interrupt").click()
+    expect(page.locator("#txt2img_progress")).to_contain_text(re.compile(r"nterrupted"), timeout=30_000)
+    shot(page, "real_interrupted")
+    set_number(page, "txt2img_batch_count", 1)
+
+
+def test_inpaint_with_a_painted_mask(app, page, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (40, 90, 160)).save(source)
+    page.get_by_role("tab", name="Inpaint").click()
+    upload_to_editor(page, "inpaint_editor", source)
+    paint_stroke(page, "inpaint_editor")
+    page.locator("#inpaint_prompt textarea").fill("a window")
+    small(page, "inpaint")
+    page.locator("#inpaint_generate").click()
+    expect(page.locator("#inpaint_gallery img").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#inpaint_infotext textarea")).to_have_value(re.compile(r"Mask blur: 4"))
+    shot(page, "real_inpaint")
+
+
+def test_png_info_round_trip_of_our_own_image(app, page):
+    root, _ = app
+    saved = sorted((root / "outputs" / "txt2img-images").glob("*.png"))[0]
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    expect(page.locator("#pnginfo_text textarea")).to_have_value(re.compile(r"^a red circle on a blue background\n"))
+    page.locator("#pnginfo_send_txt2img").click()
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a red circle on a blue background")
+    expect(page.locator("#txt2img_seed input")).to_have_value("1234")
+    shot(page, "real_pnginfo")
+
+
+def test_a_setting_is_persisted(app, page):
+    root, _ = app
+    page.get_by_role("tab", name="Settings").click()
+    set_number(page, "setting_preview_every", 3)
+    page.locator("#settings_apply").click()
+    expect(page.locator("#settings_result")).to_contain_text("Settings saved")
+    assert json.loads((root / "settings.json").read_text())["preview_every"] == 3
+    shot(page, "real_settings")
