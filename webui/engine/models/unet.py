@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory.attention import DEFAULT_ATTENTION, AttentionConfig, run_attention
 from .specs import UNetConfig
 
 
@@ -56,6 +57,9 @@ class ResBlock(nn.Module):
 
 
 class CrossAttention(nn.Module):
+    # The attention backend; `memory.attention.set_attention` sets it per instance (default: SDPA).
+    attention_config: AttentionConfig = DEFAULT_ATTENTION
+
     def __init__(self, query_dim: int, context_dim: int, heads: int, dim_head: int) -> None:
         super().__init__()
         inner = heads * dim_head
@@ -71,7 +75,7 @@ class CrossAttention(nn.Module):
         b, n, inner = q.shape
         # (B, N, heads*d) -> (B, heads, N, d)
         q, k, v = (t.view(b, -1, self.heads, inner // self.heads).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = run_attention(self.attention_config, q, k, v)
         # (B, heads, N, d) -> (B, N, heads*d)
         out = out.transpose(1, 2).reshape(b, n, inner)
         return self.to_out(out)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory.attention import DEFAULT_ATTENTION, AttentionConfig, run_attention
 from .specs import VAEConfig
 
 
@@ -31,6 +32,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels; q/k/v/proj_out are 1x1 convs as in the file."""
 
+    # The attention backend; `memory.attention.set_attention` sets it per instance (default: SDPA).
+    attention_config: AttentionConfig = DEFAULT_ATTENTION
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = _norm(channels)
@@ -44,7 +48,7 @@ class AttnBlock(nn.Module):
         hn = self.norm(x)
         # (B, C, H, W) -> (B, 1, HW, C)
         q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.q(hn), self.k(hn), self.v(hn)))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = run_attention(self.attention_config, q, k, v)
         # (B, 1, HW, C) -> (B, C, H, W)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj_out(out)
