@@ -39,3 +39,14 @@ def test_bad_values_are_reported_not_raised(tmp_path, capsys):
     code = main(["--models-dir", str(models), "generate", "--checkpoint", "tiny", "--steps", "0"])
     assert code == 2
     assert "steps: 0 is not allowed; expected an integer from 1 to 150" in capsys.readouterr().err
+
+
+def test_unknown_checkpoint_names_the_field_and_an_a1111_folder_works(tmp_path, capsys):
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)  # AUTOMATIC1111's folder name
+    save_file(make_checkpoint(Recipe("sd1"), seed=1), str(models / "Stable-diffusion" / "tiny.safetensors"))
+    assert main(["--models-dir", str(models)]) == 0
+    assert "tiny.safetensors: SD 1.x" in capsys.readouterr().out
+    assert main(["--models-dir", str(models), "generate", "--checkpoint", "nope", "--steps", "2"]) == 2
+    assert "checkpoint: 'nope' is not allowed; expected a name from the checkpoints list (tiny.safetensors)" in \
+        capsys.readouterr().err

@@ -10,26 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from webui.paths import ModelLibrary
+
 ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINT_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft"}
-
-
-def checkpoint_files(models_dir: Path) -> list[Path]:
-    folder = models_dir / "checkpoints"
-    return sorted(p for p in folder.glob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES)
-
-
-def find_model(name: str, folder: Path, what: str) -> Path:
-    """A file given by path, or by name (with or without extension) from the models folder."""
+def find_model(name: str, library: ModelLibrary, kind: str, field: str) -> Path:
+    """A file given by path (this is a local tool), or a name from the scanned models folder."""
     path = Path(name)
-    if path.is_file():
-        return path
-    candidates = sorted(p for p in folder.glob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES)
-    for p in candidates:
-        if name in (p.name, p.stem):
-            return p
-    known = ", ".join(p.name for p in candidates) or "none"
-    raise SystemExit(f"error: {what} '{name}' not found (in {folder}: {known})")
+    return path if path.is_file() else library.path(kind, name, field)
 
 
 def describe(path: Path) -> str:
@@ -49,12 +36,14 @@ def describe(path: Path) -> str:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    files = checkpoint_files(args.models_dir)
-    print(f"Checkpoints in {args.models_dir / 'checkpoints'}:")
-    if not files:
-        print("  none yet: put single-file SD 1.x / 2.x / SDXL checkpoints (.safetensors) in this folder")
-    for path in files:
-        print(describe(path))
+    library = ModelLibrary(args.models_dir)
+    names = library.names("checkpoints")
+    print(f"Checkpoints in {args.models_dir}:")
+    if not names:
+        print(f"  none yet: put single-file SD 1.x / 2.x / SDXL checkpoints (.safetensors) in "
+              f"{args.models_dir / 'checkpoints'}")
+    for name in names:
+        print(describe(library.path("checkpoints", name)))
     print("\nStart the web UI with `python launch.py`; generate from here with `python -m webui generate --help`.")
     return 0
 
@@ -77,14 +66,15 @@ def generate(args: argparse.Namespace) -> int:
             if fields.get(name) is not None:
                 fields[name] = Image.open(fields[name])
         request = GenerationRequest(**fields)
-        checkpoint = find_model(args.checkpoint, args.models_dir / "checkpoints", "checkpoint")
-        vae = find_model(args.vae, args.models_dir / "vae", "VAE") if args.vae else None
+        library = ModelLibrary(args.models_dir)
+        checkpoint = find_model(args.checkpoint, library, "checkpoints", "checkpoint")
+        vae = find_model(args.vae, library, "vae", "vae") if args.vae else None
         print(f"Loading {checkpoint.name} ...", flush=True)
         bundle = load_checkpoint(checkpoint, vae_path=vae, prediction=args.prediction)
         print(f"  {bundle.spec.label}, {bundle.spec.prediction} prediction ({bundle.spec.prediction_reason})")
         refiner = None
         if request.refiner_checkpoint:
-            refiner_path = find_model(request.refiner_checkpoint, args.models_dir / "checkpoints", "refiner checkpoint")
+            refiner_path = find_model(request.refiner_checkpoint, library, "checkpoints", "refiner_checkpoint")
             print(f"Loading the refiner {refiner_path.name} ...", flush=True)
             refiner = load_checkpoint(refiner_path)
         args.out.mkdir(parents=True, exist_ok=True)
