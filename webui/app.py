@@ -20,11 +20,32 @@ def build_service(options: LaunchOptions):
     from webui.service import WebUIService
 
     settings = SettingsStore(options.settings_file)
+    library = ModelLibrary(options.models_dir)
     device_name = options.device if options.device != "auto" else settings.current.device
     precision = options.precision if options.precision != "auto" else settings.current.precision
     device = choose_device(device_name)
     store = ModelStore(dtype=choose_dtype(precision, device), device=device)
-    return WebUIService(options, ModelLibrary(options.models_dir), store, settings, load_presets(options.presets_dir))
+    extensions = build_extensions(options, library)
+    return WebUIService(options, library, store, settings, load_presets(options.presets_dir), extensions)
+
+
+def build_extensions(options: LaunchOptions, library):
+    """Load the built-in and installed extensions; a broken one is reported and skipped."""
+    from webui.config import ROOT
+    from webui.plugins.manager import ExtensionManager, ExtensionState
+
+    state_dir = options.settings_file.parent
+    manager = ExtensionManager(
+        builtin_dir=ROOT / "extensions" / "builtin", extensions_dir=options.extensions_dir,
+        data_dir=state_dir / "extension-data", models_dir=options.models_dir,
+        state=ExtensionState(state_dir / "extensions-state.json"),
+        services={"model_names": library.names, "model_path": library.path},
+    )
+    manager.load()
+    for record in manager.records:
+        if record.error:
+            print(f"Extension {record.name}: {record.status}: {record.error}")
+    return manager
 
 
 # Gradio follows the system's light/dark preference; these force one (it reads the `dark` class on <body>).

@@ -31,6 +31,7 @@ class LaunchOptions:
     outputs_dir: Path = ROOT / "outputs"
     presets_dir: Path = ROOT / "presets"
     settings_file: Path = ROOT / "settings.json"
+    extensions_dir: Path = ROOT / "extensions"  # community extensions; built-ins are in its builtin/ folder
     device: str = "auto"
     precision: str = "auto"
     lowvram: bool = False
@@ -43,6 +44,12 @@ class LaunchOptions:
     def exposed(self) -> bool:
         """Reachable from other machines: the dangerous features must stay off unless enabled."""
         return self.listen or self.share
+
+    @property
+    def extension_access(self) -> bool:
+        """Whether extensions may be installed, updated or removed from the UI: only when the app is
+        reachable from this computer alone, unless explicitly enabled."""
+        return not self.exposed or self.enable_insecure_extension_access
 
     @property
     def server_name(self) -> str:
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models folder (ours, or an AUTOMATIC1111 or ComfyUI models folder)")
     p.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved")
     p.add_argument("--settings-file", type=Path, default=ROOT / "settings.json", help="where Settings are kept")
+    p.add_argument("--extensions-dir", type=Path, default=ROOT / "extensions",
+                   help="where community extensions are installed (built-ins stay in the app's extensions/builtin)")
     p.add_argument("--device", default="auto", help='"auto" (GPU when there is one), "cpu", "cuda", "cuda:1", "mps"')
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="compute precision (auto: fp16 on GPUs, bf16 on CPUs with native bf16, else fp32)")
@@ -103,7 +112,7 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
     options = LaunchOptions(
         port=args.port, listen=args.listen, share=args.share, auth=parse_auth(args.auth, args.auth_file),
         insecure_no_auth=args.insecure_no_auth, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
-        settings_file=args.settings_file, device=args.device, precision=args.precision, lowvram=args.lowvram,
+        settings_file=args.settings_file, extensions_dir=args.extensions_dir, device=args.device, precision=args.precision, lowvram=args.lowvram,
         medvram=args.medvram, api=args.api, enable_insecure_extension_access=args.enable_insecure_extension_access,
         theme=args.theme,
     )

@@ -44,6 +44,7 @@ class Job:
     seeds: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     error: str | None = None
+    notices: list[str] = field(default_factory=list)  # e.g. an extension that failed during the job
     cancel: CancelToken = field(default_factory=CancelToken)
 
     @property

@@ -13,6 +13,8 @@ from typing import Any
 from PIL import Image
 
 from webui.config import SETTING_SPECS, LaunchOptions, SettingsStore
+from webui.engine.models.embeddings import load_embeddings
+from webui.engine.models.prompt_tokens import Embedding
 from webui.engine.models.store import ModelStore
 from webui.engine.models.text_encoders import load_clip_tokenizer
 from webui.engine.pipelines import PipelineContext, ProgressEvent, generate
@@ -22,6 +24,8 @@ from webui.errors import RequestError, WebUIError
 from webui.jobs import Job, JobQueue
 from webui.outputs import infotext_to_fields, parse_infotext, read_infotext
 from webui.paths import ModelLibrary
+from webui.plugins import ControlsSpec, TabSpec, install
+from webui.plugins.manager import ExtensionManager
 from webui.ui.services import JobStatus, SettingSpec
 
 AUTOMATIC_VAE = "Automatic"
@@ -36,8 +40,10 @@ class WebUIService:
         store: ModelStore,
         settings: SettingsStore,
         presets: dict[str, dict[str, Any]],
+        extensions: ExtensionManager | None = None,
     ) -> None:
         self.options = options
+        self.manager = extensions
         self.library = library
         self.store = store
         self.settings_store = settings
@@ -45,6 +51,7 @@ class WebUIService:
         # The refiner (SDXL's second model) is held beside the main model only while requests use one.
         self.refiner_store = ModelStore(dtype=store.dtype, device=store.device)
         self.jobs = JobQueue(self._run)
+        self._embeddings: dict[Path, tuple[float, Embedding | None]] = {}  # path -> (mtime, embedding)
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -56,6 +63,27 @@ class WebUIService:
 
     def refresh_models(self) -> None:
         self.library.refresh()
+
+    def loras(self) -> list[str]:
+        return self.library.names("loras")
+
+    def embeddings(self) -> list[str]:
+        """Names usable in prompts: the embedding files' names without extension."""
+        return [e.name for e in self._load_embeddings()]
+
+    def _load_embeddings(self) -> tuple[Embedding, ...]:
+        """The embeddings folder's files, each read once (again when it changes)."""
+        found = []
+        for name in self.library.names("embeddings"):
+            path = self.library.path("embeddings", name, "embedding")
+            mtime = path.stat().st_mtime
+            cached = self._embeddings.get(path)
+            if cached is None or cached[0] != mtime:
+                loaded, _ = load_embeddings([path])
+                cached = self._embeddings[path] = (mtime, loaded[0] if loaded else None)
+            if cached[1] is not None:
+                found.append(cached[1])
+        return tuple(found)
 
     def default_checkpoint(self) -> str | None:
         names = self.checkpoints()
@@ -105,7 +133,7 @@ class WebUIService:
             id=job.id, state=job.state, queue_position=self.jobs.position(job), step=job.step,
             total_steps=job.total_steps, batch_index=job.batch_index, batch_count=job.batch_count, phase=job.phase,
             preview=list(job.preview), images=list(job.images), infotexts=list(job.infotexts), seeds=list(job.seeds),
-            paths=list(job.paths), error=job.error,
+            paths=list(job.paths), error=job.error, notices=list(job.notices),
         )
 
     def interrupt(self, owner: str, job_id: str) -> None:
@@ -134,13 +162,16 @@ class WebUIService:
                 job.preview = event.preview()
 
         output_dir = self.options.outputs_dir / f"{request.mode}-images" if settings.save_images else None
+        hooks = self.manager.hooks_for_job() if self.manager is not None else None
         ctx = PipelineContext(bundle, model_name=checkpoint_path.stem, on_progress=on_progress, cancel=job.cancel,
-                              output_dir=output_dir, refiner=refiner)
+                              output_dir=output_dir, refiner=refiner, embeddings=self._load_embeddings(),
+                              **({"hooks": hooks} if hooks is not None else {}))
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)
         result = generate(request, ctx)
         job.images, job.infotexts, job.seeds = result.images, result.infotexts, result.seeds
         job.paths = [str(p) for p in result.paths]
+        job.notices = list(result.notices)
         job.state = "interrupted" if result.interrupted else "done"
 
     # --- PNG info --------------------------------------------------------------------------------
@@ -150,9 +181,15 @@ class WebUIService:
         text = read_infotext(image)
         if text is None:
             return None, {}
-        values = infotext_to_fields(parse_infotext(text))
+        params = parse_infotext(text)
+        values = infotext_to_fields(params)
         if values.get("enable_hr") and "denoising_strength" in values:
             values["hr_denoising_strength"] = values.pop("denoising_strength")
+        if self.manager is not None:
+            found = self.manager.call("read_infotext", {"params": params.a1111_params()})
+            extension_values = {record.name: value for record, value in found if isinstance(value, dict)}
+            if extension_values:
+                values["extensions"] = extension_values
         return text, {k: v for k, v in values.items() if k in REQUEST_FIELDS}
 
     # --- settings and extensions -----------------------------------------------------------------
@@ -166,5 +203,80 @@ class WebUIService:
     def save_settings(self, values: dict[str, Any]) -> list[str]:
         return self.settings_store.save(values)
 
+    # --- extensions ------------------------------------------------------------------------------
+
     def extensions(self) -> list[dict[str, Any]]:
-        return []
+        return self.manager.rows() if self.manager is not None else []
+
+    def extension_access(self) -> bool:
+        return self.options.extension_access
+
+    def _check_extension_access(self) -> None:
+        # Checked on the server for every call, whatever the UI shows: installing is running code.
+        if not self.options.extension_access:
+            raise WebUIError("Installing, updating and removing extensions is disabled because this app is exposed "
+                             "(--listen or --share). Restart with --enable-insecure-extension-access to allow it.")
+
+    def _manager(self) -> ExtensionManager:
+        if self.manager is None:
+            raise WebUIError("extensions are not loaded in this app")
+        return self.manager
+
+    def set_extension_enabled(self, name: str, enabled: bool) -> str:
+        return self._manager().set_enabled(name, enabled)
+
+    def install_extension(self, url: str) -> str:
+        self._check_extension_access()
+        manifest = install.install_extension(url, self.options.extensions_dir)
+        note = f"Installed {manifest.name} {manifest.version}. Restart the app to load it."
+        if manifest.requirements:
+            note += f" It asks for Python packages: {', '.join(manifest.requirements)} (install them below)."
+        return note
+
+    def extension_requirements(self, name: str) -> list[str]:
+        return install.requirements_plan(install.read_manifest(self._installed_folder(name)))
+
+    def install_extension_requirements(self, name: str, confirmed: bool) -> str:
+        self._check_extension_access()
+        manifest = install.read_manifest(self._installed_folder(name))
+        installed = install.install_requirements(manifest, confirmed=confirmed)
+        return f"Installed for {name}: {', '.join(installed) or 'nothing'}. Restart the app to use them."
+
+    def check_extension_updates(self) -> list[dict[str, Any]]:
+        self._check_extension_access()
+        rows = []
+        for record in self._manager().records:
+            if record.source != "installed":
+                continue
+            info = install.check_for_update(record.folder)
+            rows.append({"name": record.name, "behind": info.behind, "error": info.error})
+        return rows
+
+    def update_extension(self, name: str) -> str:
+        self._check_extension_access()
+        manifest = install.update_extension(self._installed_folder(name))
+        return f"Updated {manifest.name} to {manifest.version}. Restart the app to load the new version."
+
+    def uninstall_extension(self, name: str) -> str:
+        self._check_extension_access()
+        install.uninstall_extension(name, self.options.extensions_dir)
+        return f"Removed {name}. Restart the app to unload it."
+
+    def extension_tabs(self) -> list[tuple[str, Any]]:
+        if self.manager is None:
+            return []
+        return [(record.name, spec) for record, specs in self.manager.call("ui_tabs", {})
+                for spec in specs if isinstance(spec, TabSpec)]
+
+    def extension_controls(self, tab: str) -> list[tuple[str, Any]]:
+        if self.manager is None:
+            return []
+        return [(record.name, spec) for record, spec in self.manager.call("ui_controls", {"tab": tab})
+                if isinstance(spec, ControlsSpec)]
+
+    def _installed_folder(self, name: str) -> Path:
+        """An installed (community) extension's folder, found by name in the loaded list."""
+        record = self._manager().record(name)
+        if record.source != "installed":
+            raise RequestError("name", name, "an installed community extension (built-ins cannot be changed)")
+        return record.folder

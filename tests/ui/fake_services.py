@@ -192,3 +192,39 @@ class FakeServices:
 
     def extensions(self) -> list[dict[str, Any]]:
         return list(self.extension_rows)
+
+    def extension_access(self) -> bool:
+        return True
+
+    def set_extension_enabled(self, name: str, enabled: bool) -> str:
+        return f"{name} will be {'enabled' if enabled else 'disabled'} when the app restarts."
+
+    def install_extension(self, url: str) -> str:
+        raise WebUIError("the fake services install nothing")
+
+    def extension_requirements(self, name: str) -> list[str]:
+        return []
+
+    def install_extension_requirements(self, name: str, confirmed: bool) -> str:
+        raise WebUIError("the fake services install nothing")
+
+    def check_extension_updates(self) -> list[dict[str, Any]]:
+        return []
+
+    def update_extension(self, name: str) -> str:
+        raise WebUIError("the fake services update nothing")
+
+    def uninstall_extension(self, name: str) -> str:
+        raise WebUIError("the fake services remove nothing")
+
+    def extension_tabs(self) -> list[tuple[str, Any]]:
+        return []
+
+    def extension_controls(self, tab: str) -> list[tuple[str, Any]]:
+        return []
+
+    def loras(self) -> list[str]:
+        return []
+
+    def embeddings(self) -> list[str]:
+        return []

@@ -14,7 +14,7 @@ from gradio.components import Component
 from PIL import Image
 
 from webui.errors import WebUIError
-from webui.ui.extensions_tab import build_extensions_tab
+from webui.ui.extensions_tab import build_extension_tabs, build_extensions_tab
 from webui.ui.fields import FieldDropdown
 from webui.ui.generation_tab import GenerationTab, build_generation_tab, wire_generation_tab
 from webui.ui.mode_inputs import depth_inputs, img2img_inputs, inpaint_inputs
@@ -37,6 +37,7 @@ def build_ui(services: UIServices, *, title: str = "webui") -> gr.Blocks:
                 "depth": build_generation_tab(services, "depth", "Depth", build_mode=depth_inputs),
             }
             png_info = build_png_info_tab(services)
+            build_extension_tabs(services)
             build_extensions_tab(services)
             build_settings_tab(services, demo)
         for tab in generation.values():

@@ -97,8 +97,12 @@ def make_generate(services: UIServices, tab: GenerationTab,
 def final_update(tab: GenerationTab, status: JobStatus, elapsed: float) -> dict[Component, Any]:
     infotexts = list(status.infotexts)
     images = [with_infotext(im, infotexts[i] if i < len(infotexts) else None) for i, im in enumerate(status.images)]
-    error = (gr.update(value=error_html(status.error or "The job failed."), visible=True)
-             if status.state == "failed" else gr.update(value="", **HIDDEN))
+    if status.state == "failed":
+        error = gr.update(value=error_html(status.error or "The job failed."), visible=True)
+    elif status.notices:  # e.g. an extension failed; the images are still there
+        error = gr.update(value=error_html("\n".join(status.notices)), visible=True)
+    else:
+        error = gr.update(value="", **HIDDEN)
     return {
         tab.gallery: images,
         tab.infotext: infotexts[0] if infotexts else "",

@@ -8,6 +8,7 @@ component), so API clients call it with keywords: `client.predict(prompt="a cat"
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,16 +43,24 @@ class GenerationTab:
     seeds: gr.State
     selected: gr.State  # index of the selected gallery image
     send_buttons: dict[str, gr.Button] = field(default_factory=dict)  # target tab -> button
+    # Extensions' controls: input name -> (extension, parameter, component); values go to request.extensions.
+    extension_inputs: dict[str, tuple[str, str, Component]] = field(default_factory=dict)
 
     @property
     def generate_inputs(self) -> dict[str, Component]:
-        """The generate event's inputs by parameter name: every bound field, then the mode's extra inputs."""
-        return {**{name: b.component for name, b in self.bindings.items()}, **self.mode.extra}
+        """The generate event's inputs by parameter name: every bound field, the mode's extra inputs, and the
+        extensions' controls."""
+        extensions = {key: component for key, (_, _, component) in self.extension_inputs.items()}
+        return {**{name: b.component for name, b in self.bindings.items()}, **self.mode.extra, **extensions}
 
     def request_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """GenerationRequest field values from the generate inputs' values by name (may raise RequestError)."""
         extra = {name: values.get(name) for name in self.mode.extra}
-        return self.mode.finish(extra, collect(self.bindings, values))
+        fields = self.mode.finish(extra, collect(self.bindings, values))
+        extensions: dict[str, dict[str, Any]] = {}
+        for key, (extension, parameter, _) in self.extension_inputs.items():
+            extensions.setdefault(extension, {})[parameter] = values.get(key)
+        return {**fields, "extensions": extensions} if extensions else fields
 
     def fill(self, field_values: Mapping[str, Any]) -> dict[Component, Any]:
         return fill(self.bindings, field_values)
@@ -75,6 +84,7 @@ def build_generation_tab(services: UIServices, name: str, label: str, *,
             with gr.Column(scale=1):
                 mode = build_mode() if build_mode else ModeInputs()
                 settings = build_settings_area(name, services, hires=hires)
+                extension_inputs = build_extension_controls(services, name, prompt_area.prompt)
             with gr.Column(scale=1):
                 progress = gr.HTML("", label="Progress", elem_id=f"{name}_progress")
                 error = gr.HTML("", label="Error", elem_id=f"{name}_error", visible=False)
@@ -93,7 +103,24 @@ def build_generation_tab(services: UIServices, name: str, label: str, *,
     bindings = {"prompt": Binding(prompt_area.prompt), "negative_prompt": Binding(prompt_area.negative_prompt),
                 **mode.bindings, **settings.bindings}
     return GenerationTab(name, prompt_area, settings, mode, bindings, gallery, infotext, progress, preview, error,
-                         send_buttons=send_buttons, **states)
+                         send_buttons=send_buttons, extension_inputs=extension_inputs, **states)
+
+
+def build_extension_controls(services: UIServices, tab: str, prompt: Component) -> dict[str, tuple[str, str, Component]]:
+    """Each extension's controls for this tab, in an accordion of its own. `build` gets the tab's prompt
+    box when it takes a `prompt` argument (e.g. to insert tags). An extension whose controls fail to build
+    shows its error there; the tab still works."""
+    inputs: dict[str, tuple[str, str, Component]] = {}
+    for extension, spec in services.extension_controls(tab):
+        with gr.Accordion(spec.title, open=False, elem_id=f"{tab}_ext_{extension}"):
+            try:
+                takes_prompt = "prompt" in inspect.signature(spec.build).parameters
+                components = spec.build(prompt=prompt) if takes_prompt else spec.build()
+                for parameter, component in components.items():
+                    inputs[f"ext__{extension}__{parameter}"] = (extension, str(parameter), component)
+            except Exception as exc:  # an extension's bug must not take the tab down
+                gr.Markdown(f"Extension '{extension}' could not build its controls: {type(exc).__name__}: {exc}")
+    return inputs
 
 
 def _private(**kwargs: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class JobStatus:
     seeds: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # saved files, when saving is on
     error: str | None = None  # a message for the user when state == "failed"
+    notices: list[str] = field(default_factory=list)  # warnings for the user (e.g. an extension failed)
 
     @property
     def finished(self) -> bool:
@@ -81,3 +82,16 @@ class UIServices(Protocol):
     # ^ persists; returns notes such as "Attention backend: takes effect after a restart";
     #   raises RequestError naming the setting for a bad value
     def extensions(self) -> list[dict[str, Any]]: ...  # rows for the Extensions tab (name, version, status, error)
+    def extension_access(self) -> bool: ...  # False when the app is exposed: install/update/remove are refused
+    def set_extension_enabled(self, name: str, enabled: bool) -> str: ...  # persisted; a message for the user
+    def install_extension(self, url: str) -> str: ...
+    def extension_requirements(self, name: str) -> list[str]: ...
+    def install_extension_requirements(self, name: str, confirmed: bool) -> str: ...
+    def check_extension_updates(self) -> list[dict[str, Any]]: ...  # [{name, behind, error}]
+    def update_extension(self, name: str) -> str: ...
+    def uninstall_extension(self, name: str) -> str: ...
+    # ^ all raise WebUIError with a message for the user
+    def extension_tabs(self) -> list[tuple[str, Any]]: ...  # [(extension name, webui.plugins.TabSpec)]
+    def extension_controls(self, tab: str) -> list[tuple[str, Any]]: ...  # [(extension name, ControlsSpec)]
+    def loras(self) -> list[str]: ...  # LoRA names for the picker
+    def embeddings(self) -> list[str]: ...  # textual-inversion embedding names usable in prompts

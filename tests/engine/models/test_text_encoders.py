@@ -9,15 +9,17 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from webui.engine.models.prompt_tokens import build_chunks
 from webui.engine.models.specs import TextEncoderConfig
 from webui.engine.models.text_encoders import (
-    chunk_token_ids,
     hf_clip_to_transformers,
     load_clip_tokenizer,
     openclip_to_transformers,
     text_encoder_config_from_shapes,
     text_encoder_from_state_dict,
 )
+
+from webui.engine.prompts import WeightedText
 
 from .reference import reference_text_encoder
 from .tiny_checkpoints import clip_text_state_dict, openclip_text_state_dict
@@ -153,9 +155,13 @@ def test_chunking_of_a_long_prompt_sd1_and_sd2(sd1, sd2):
         assert len(enc.tokenize_chunks("cat " * 75)) == 1  # exactly full: no extra empty chunk
 
 
-def test_chunk_token_ids_pads_after_the_first_end_token():
-    assert chunk_token_ids([5, EOS, 6], BOS, EOS, 0, chunk_tokens=5) == [[BOS, 5, EOS, 0, 0, 0, 0]]
-    assert chunk_token_ids([5, EOS, 6], BOS, EOS, EOS, chunk_tokens=5) == [[BOS, 5, EOS, 6, EOS, EOS, EOS]]
+def test_chunks_pad_after_the_first_end_token():
+    def ids(pad):
+        chunks = build_chunks([WeightedText("x")], lambda _: [5, EOS, 6], bos_id=BOS, eos_id=EOS, pad_id=pad,
+                              comma_id=None, chunk_tokens=5)
+        return [c.ids for c in chunks]
+    assert ids(0) == [[BOS, 5, EOS, 0, 0, 0, 0]]
+    assert ids(EOS) == [[BOS, 5, EOS, 6, EOS, EOS, EOS]]
 
 
 @pytest.mark.parametrize("bad", [0, -1, SD1_LAYERS + 1, 1.5])

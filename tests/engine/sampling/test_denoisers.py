@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from webui.engine.sampling.denoisers import CFGDenoiser, Conditioning, DiscreteSchedule, make_denoiser
+from webui.engine.sampling.denoisers import (
+    CFGDenoiser, Conditioning, DiscreteSchedule, ScheduledConditioning, make_denoiser,
+)
 
 
 def test_schedule_matches_the_reference_sigmas():
@@ -93,3 +95,41 @@ def test_cfg_rescale_matches_the_diffusers_formula():
     eps_guided = eps_u + 5.0 * (eps_c - eps_u)
     expected = x - rescale_noise_cfg(eps_guided, eps_c, guidance_rescale=0.7) * s
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def _by_context(x, sigma, cond):
+    """A denoiser whose x0 estimate is each row's context mean: shows which conditioning it was given."""
+    return x * 0 + cond.context.mean(dim=(1, 2))[:, None, None, None]
+
+
+def test_and_parts_are_combined_with_their_weights_in_one_call():
+    # A1111's composable diffusion: uncond + scale * sum_i w_i (cond_i - uncond).
+    calls = []
+
+    def denoiser(x, sigma, cond):
+        calls.append(x.shape[0])
+        return _by_context(x, sigma, cond)
+
+    parts = [ScheduledConditioning.constant(Conditioning(torch.full((1, 77, 8), v)), w) for v, w in ((1.0, 1.0), (3.0, 0.5))]
+    uncond = Conditioning(torch.full((1, 77, 8), 0.5))
+    out = CFGDenoiser(denoiser, parts, uncond, cfg_scale=2.0)(torch.zeros(1, 4, 2, 2), torch.ones(1))
+    assert calls == [3]
+    assert torch.allclose(out, torch.full_like(out, 0.5 + 2.0 * (1.0 * 0.5 + 0.5 * 2.5)))
+
+
+def test_scheduled_conditioning_follows_the_step():
+    first, second = Conditioning(torch.full((1, 77, 8), 1.0)), Conditioning(torch.full((1, 77, 8), 2.0))
+    cond = ScheduledConditioning(((1, first), (4, second)))  # steps 0-1: first, then second
+    model = CFGDenoiser(_by_context, [cond], Conditioning(torch.zeros(1, 77, 8)), cfg_scale=1.0)
+    seen = []
+    for step in range(4):
+        model.set_step(step)
+        seen.append(model(torch.zeros(1, 4, 2, 2), torch.ones(1)).flatten()[0].item())
+    assert seen == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_conditionings_of_different_lengths_are_refused():
+    cond = Conditioning(torch.zeros(1, 77, 8))
+    with pytest.raises(ValueError, match="same number of tokens"):
+        CFGDenoiser(_by_context, [ScheduledConditioning(((1, cond), (4, Conditioning(torch.zeros(1, 154, 8)))))],
+                    cond, cfg_scale=7.0)

@@ -109,6 +109,8 @@ def _load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(path, f"the file is damaged or truncated, or not a PyTorch checkpoint ({exc})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    if isinstance(obj, dict) and isinstance(obj.get("string_to_param"), dict):  # A1111 embeddings (.pt)
+        obj = {f"string_to_param.{k}": v for k, v in obj["string_to_param"].items()}
     if not isinstance(obj, dict):
         raise ModelLoadError(path, f"not a checkpoint: it holds a {type(obj).__name__}, not a dictionary of weights")
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from transformers import CLIPTokenizer
 
+from ..prompts import Piece, WeightedText
+from .prompt_tokens import Embedding, EmbeddingIndex, TokenChunk
 from .text_encoders import SDTextEncoder
 
 
@@ -77,6 +79,14 @@ class SDXLTextEncoder(torch.nn.Module):
         """The first encoder's chunks (the others have as many, padded with their own id)."""
         return self.first.tokenize_chunks(prompt)
 
+    def chunks_of(self, pieces: Sequence[Piece], embeddings: EmbeddingIndex | None = None) -> list[TokenChunk]:
+        return self.first.chunks_of(pieces, embeddings)
+
+    def embedding_index(self, embeddings: Sequence[Embedding]) -> EmbeddingIndex:
+        """Embeddings with vectors for every encoder (SDXL files hold clip_l and clip_g), so that all
+        encoders place them alike."""
+        return self.first.embedding_index(embeddings, [e.cfg.width for e in self.encoders])
+
     def _check_clip_skip(self, clip_skip: int) -> None:
         if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= self.max_clip_skip:
             raise ValueError(f"clip_skip must be an integer in 1..{self.max_clip_skip} for this model, got {clip_skip!r}")
@@ -91,15 +101,25 @@ class SDXLTextEncoder(torch.nn.Module):
         self, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1
     ) -> tuple[Tensor, Tensor]:
         """Prompts -> ((B, 77 * n, width) context, (B, pooled_dim) pooled output of each first chunk)."""
-        self._check_clip_skip(clip_skip)
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r}")
+        return self.encode_pieces([[WeightedText(p)] for p in prompts], clip_skip, min_chunks)
+
+    @torch.inference_mode()
+    def encode_pieces(
+        self, prompts: Sequence[Sequence[Piece]], clip_skip: int = 1, min_chunks: int = 1,
+        pooled: bool | None = None, embeddings: EmbeddingIndex | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """`encode_with_pooled` for weighted pieces and embeddings; each encoder applies emphasis to its own
+        features, as A1111 does. (`pooled` is accepted for symmetry: SDXL always has a pooled output.)"""
+        self._check_clip_skip(clip_skip)
         # The same chunk count for every encoder, so their features line up token by token.
-        n = max(min_chunks, *(len(self.tokenize_chunks(p)) for p in prompts))
-        features, pooled = [], None
+        n = max(min_chunks, *(len(self.chunks_of(p, embeddings)) for p in prompts))
+        features, pooled_out = [], None
         for i, encoder in enumerate(self.encoders):
-            context, p = encoder.encode_with_pooled(prompts, clip_skip, n, pooled=i == self._pooled_index)
+            context, p = encoder.encode_pieces(prompts, clip_skip, n, pooled=i == self._pooled_index,
+                                               embeddings=embeddings)
             features.append(context)
-            pooled = p if p is not None else pooled
-        assert pooled is not None
-        return torch.cat(features, dim=-1), pooled  # (B, 77n, 768) + (B, 77n, 1280) -> (B, 77n, 2048)
+            pooled_out = p if p is not None else pooled_out
+        assert pooled_out is not None
+        return torch.cat(features, dim=-1), pooled_out  # (B, 77n, 768) + (B, 77n, 1280) -> (B, 77n, 2048)

@@ -21,7 +21,9 @@ import torch
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from webui.engine.models.prompt_tokens import Embedding, EmbeddingIndex, TokenChunk, apply_emphasis, build_chunks
 from webui.engine.models.specs import TextEncoderConfig
+from webui.engine.prompts import Piece, WeightedText
 
 # sdpa matches eager attention to ~1e-7 relative (see the tests) and needs less memory.
 ATTN_IMPLEMENTATION = "sdpa"
@@ -88,26 +90,6 @@ def load_clip_tokenizer(folder: Path | None = None) -> CLIPTokenizer:
     if folder is not None and (Path(folder) / "vocab.json").is_file() and (Path(folder) / "merges.txt").is_file():
         return _cached_tokenizer(Path(folder).resolve())
     return _cached_tokenizer(None)
-
-
-def chunk_token_ids(
-    tokens: Sequence[int], bos_id: int, eos_id: int, pad_id: int, chunk_tokens: int = 75
-) -> list[list[int]]:
-    """Split tokens A1111-style into chunks [BOS, up to `chunk_tokens` tokens, EOS, padding].
-
-    Like A1111, chunks are padded with EOS; when the model pads with another id (OpenCLIP: 0),
-    every position after the first EOS becomes `pad_id`. No tokens -> one empty chunk.
-    """
-    # Comma backtracking, BREAK and emphasis weights will plug in here, on the token list.
-    pieces = [list(tokens[i : i + chunk_tokens]) for i in range(0, len(tokens), chunk_tokens)] or [[]]
-    chunks = []
-    for piece in pieces:
-        ids = [bos_id, *piece] + [eos_id] * (chunk_tokens + 1 - len(piece))
-        if pad_id != eos_id:
-            first_end = ids.index(eos_id)
-            ids[first_end + 1 :] = [pad_id] * (len(ids) - first_end - 1)
-        chunks.append(ids)
-    return chunks
 
 
 # --- state-dict conversion (pure functions) ---------------------------------------------------
@@ -300,13 +282,20 @@ class SDTextEncoder(torch.nn.Module):
         """Number of prompt tokens, excluding start/end (the UI's live counter)."""
         return len(self.tokenize(prompt))
 
-    def chunk_tokens_of(self, tokens: Sequence[int]) -> list[list[int]]:
-        """Chunks of `max_positions` ids for a token list (see `chunk_token_ids`)."""
-        return chunk_token_ids(tokens, self.bos_id, self.eos_id, self.pad_id, self.chunk_tokens)
+    def chunks_of(self, pieces: Sequence[Piece], embeddings: EmbeddingIndex | None = None) -> list[TokenChunk]:
+        """A1111's chunks of weighted pieces (see `prompt_tokens.build_chunks`)."""
+        kwargs = {} if embeddings is None else {"embeddings": embeddings}
+        return build_chunks(pieces, self.tokenize, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
+                            comma_id=self.tokenizer.get_vocab().get(",</w>"), chunk_tokens=self.chunk_tokens, **kwargs)
 
     def tokenize_chunks(self, prompt: str) -> list[list[int]]:
         """A1111-style chunks of `prompt`: [BOS, <=75 tokens, EOS, padding], 77 ids each."""
-        return self.chunk_tokens_of(self.tokenize(prompt))
+        return [chunk.ids for chunk in self.chunks_of([WeightedText(prompt)])]
+
+    def embedding_index(self, embeddings: Sequence[Embedding], widths: Sequence[int] | None = None) -> EmbeddingIndex:
+        """The embeddings usable here: those with vectors for every width in `widths` (default: this one)."""
+        widths = [self.cfg.width] if widths is None else widths
+        return EmbeddingIndex([e for e in embeddings if all(w in e.vectors for w in widths)], self.tokenize)
 
     def _check_clip_skip(self, clip_skip: int) -> None:
         # Only block outputs are selectable, never the raw embeddings.
@@ -327,6 +316,31 @@ class SDTextEncoder(torch.nn.Module):
         features, pooled = self._run(ids, clip_skip, pooled=True)
         assert pooled is not None
         return features, pooled
+
+    def _run_chunks(self, chunks: Sequence[TokenChunk], clip_skip: int, pooled: bool) -> tuple[Tensor, Tensor | None]:
+        """Chunks -> ((N, 77, width) features with embeddings and emphasis applied, pooled or None)."""
+        ids = torch.tensor([chunk.ids for chunk in chunks], dtype=torch.long)
+        fixes = [(row, position, embedding) for row, chunk in enumerate(chunks) for position, embedding in chunk.fixes]
+        handle = None
+        if fixes:
+            def put_vectors(module, args, output: Tensor) -> Tensor:  # (N, 77, width) token embeddings
+                output = output.clone()
+                for row, position, embedding in fixes:
+                    vectors = embedding.vectors[self.cfg.width][: output.shape[1] - 1 - position]
+                    output[row, position : position + vectors.shape[0]] = vectors.to(output)
+                return output
+            handle = _text_transformer(self.model).embeddings.token_embedding.register_forward_hook(put_vectors)
+        try:
+            features, pooled_rows = self._run(ids, clip_skip, pooled)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if any(chunk.weighted for chunk in chunks):
+            features = torch.stack([
+                apply_emphasis(f, torch.tensor(chunk.multipliers, device=f.device)) if chunk.weighted else f
+                for f, chunk in zip(features, chunks)
+            ])
+        return features, pooled_rows
 
     def _run(self, ids: Tensor, clip_skip: int, pooled: bool) -> tuple[Tensor, Tensor | None]:
         self._check_clip_skip(clip_skip)
@@ -365,14 +379,22 @@ class SDTextEncoder(torch.nn.Module):
         when the encoder has a projection (`pooled=None`: whenever it has one); else None."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r}")
+        return self.encode_pieces([[WeightedText(p)] for p in prompts], clip_skip, min_chunks, pooled)
+
+    @torch.inference_mode()
+    def encode_pieces(
+        self, prompts: Sequence[Sequence[Piece]], clip_skip: int = 1, min_chunks: int = 1,
+        pooled: bool | None = None, embeddings: EmbeddingIndex | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """`encode_with_pooled` for weighted pieces (emphasis, BREAK) and textual-inversion embeddings."""
         if min_chunks < 1:
             raise ValueError(f"min_chunks must be at least 1, got {min_chunks}")
         pooled = self.projection is not None if pooled is None else pooled
-        per_prompt = [self.tokenize_chunks(p) for p in prompts]
+        per_prompt = [self.chunks_of(p, embeddings) for p in prompts]
         n = max(min_chunks, *(len(c) for c in per_prompt))
-        empty = self.chunk_tokens_of([])[0]
+        empty = self.chunks_of([])[0]
         rows = [row for chunks in per_prompt for row in chunks + [empty] * (n - len(chunks))]
-        out, pooled_rows = self._run(torch.tensor(rows, dtype=torch.long), clip_skip, pooled)  # (B*n, 77, W)
+        out, pooled_rows = self._run_chunks(rows, clip_skip, pooled)  # (B*n, 77, W)
         context = out.reshape(len(prompts), n * out.shape[1], out.shape[2])  # (B, n*77, W)
         if pooled_rows is None:
             return context, None

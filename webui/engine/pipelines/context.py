@@ -13,7 +13,9 @@ from PIL import Image
 from webui.errors import Interrupted, Skipped
 
 from ..models.loading import ModelBundle
+from ..models.prompt_tokens import Embedding
 from ..request import GenerationRequest
+from .hooks import PipelineHooks
 
 
 class CancelToken:
@@ -65,6 +67,10 @@ class PipelineContext:
     # The loaded model that request.refiner_checkpoint names (the caller loads it, e.g. the SDXL refiner);
     # the pipelines use it only when the request asks for a refiner.
     refiner: ModelBundle | None = None
+    hooks: PipelineHooks = field(default_factory=PipelineHooks)  # what extensions add to this job
+    embeddings: tuple[Embedding, ...] = ()  # textual-inversion embeddings usable in prompts by name
+    # The request as the user sent it, before extensions rewrote it: its prompts go into the infotext.
+    original_request: GenerationRequest | None = None
 
     def __post_init__(self) -> None:
         if not self.model_name:
@@ -80,3 +86,4 @@ class GenerationResult:
     infotexts: list[str]
     paths: list[Path]
     interrupted: bool = False
+    notices: list[str] = field(default_factory=list)  # for the user, e.g. an extension that failed

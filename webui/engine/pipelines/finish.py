@@ -68,6 +68,7 @@ def infotext_params(ctx: PipelineContext, request: GenerationRequest, seed: int,
                               f"top {request.outpaint_top}, bottom {request.outpaint_bottom}")
     if bundle.spec.is_sdxl or (ctx.refiner is not None and request.refiner_checkpoint):
         params.update(sdxl_infotext_params(request))
+    params.update(ctx.hooks.infotext_fields(request))
     params["Version"] = ctx.version
     return params
 
@@ -102,13 +103,15 @@ def finish_batch(
 ) -> None:
     """Add the batch's images to the result with their infotext; save them when an output folder is set.
     `size` is the generation size for "Size" (default: the request's width x height)."""
+    shown = ctx.original_request or request  # the prompts as the user wrote them (e.g. with LoRA tags)
     for image, seed, subseed in zip(images, seeds, subseeds):
+        image = ctx.hooks.postprocess_image(image, request, len(result.images))
         params = infotext_params(ctx, request, seed, subseed, size or (request.width, request.height), hires_size)
-        infotext = format_infotext(request.prompt, request.negative_prompt, params)
+        infotext = format_infotext(shown.prompt, shown.negative_prompt, params)
         image.info["parameters"] = infotext
         result.images.append(image)
         result.seeds.append(seed)
         result.subseeds.append(subseed)
         result.infotexts.append(infotext)
         if ctx.output_dir is not None:
-            result.paths.append(save_png(image, next_image_path(ctx.output_dir, seed, request.prompt), infotext))
+            result.paths.append(save_png(image, next_image_path(ctx.output_dir, seed, shown.prompt), infotext))

@@ -36,6 +36,11 @@ class ModelSwitch:
     def step_done(self, index: int) -> None:
         self.steps_done = index + 1
 
+    def set_step(self, step: int) -> None:
+        for model in (self.first, self.second):
+            if hasattr(model, "set_step"):
+                model.set_step(step)
+
     @property
     def active(self):
         return self.first if self.steps_done < self.switch_step else self.second

@@ -15,7 +15,8 @@ from webui.errors import RequestError
 from ..models.loading import ModelBundle
 from ..preview import latent_preview
 from ..request import GenerationRequest
-from ..sampling.denoisers import CFGDenoiser, Conditioning, DiscreteSchedule, make_denoiser
+from ..prompts import ParsedPrompt, PromptPart
+from ..sampling.denoisers import CFGDenoiser, Conditioning, DiscreteSchedule, ScheduledConditioning, make_denoiser
 from ..sampling.noise import ImageRNG, resolve_seed
 from ..sampling.registry import SamplerInfo, effective_schedule, sampler_info
 from ..sampling.schedules import make_sigmas
@@ -49,41 +50,69 @@ class SeedPlan:
 
 @dataclass(frozen=True)
 class PromptEncoding:
-    """One side of classifier-free guidance for one batch."""
+    """The encoding of one text, repeated for the batch."""
 
     context: torch.Tensor  # (batch_size, 77 * chunks, width) token features
     pooled: torch.Tensor | None = None  # (batch_size, pooled width): SDXL's pooled text embedding
 
 
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """One side of classifier-free guidance: per AND-part, its weight and its (end_at_step, encoding)
+    schedule (see `webui.engine.prompts`). A negative prompt has one part of weight 1."""
+
+    parts: tuple[tuple[float, tuple[tuple[int, PromptEncoding], ...]], ...]
+
+    @property
+    def first(self) -> PromptEncoding:
+        return self.parts[0][1][0][1]
+
+
+def parse_prompts(ctx: PipelineContext, request: GenerationRequest) -> tuple[ParsedPrompt, ParsedPrompt]:
+    """(prompt, negative prompt) parsed by the extensions' prompt syntax (literal text without one)."""
+    positive = ctx.hooks.parse_prompt(request.prompt, request.steps, False)
+    negative = ctx.hooks.parse_prompt(request.negative_prompt, request.steps, True)
+    if len(negative.parts) != 1 or negative.parts[0].weight != 1.0:  # only the prompt may use AND
+        negative = ParsedPrompt((PromptPart(1.0, negative.parts[0].schedule),))
+    return positive, negative
+
+
 def encode_prompts(
     ctx: PipelineContext, request: GenerationRequest, bundle: ModelBundle | None = None
-) -> tuple[PromptEncoding, PromptEncoding]:
+) -> tuple[EncodedPrompt, EncodedPrompt]:
     """(cond, uncond) of `bundle` (default: the context's model) for one batch, with equal chunk counts.
 
+    Every distinct text of the prompts' schedules and AND-parts is encoded once, in one batch.
     SDXL: an empty negative prompt is all zeros (context and pooled), not the encoding of "", as in
     A1111 and sgm (`force_zero_embeddings`) and diffusers' default.
     """
     bundle = bundle or ctx.bundle
     te = bundle.text_encoder
-    chunks = max(len(te.tokenize_chunks(request.prompt)), len(te.tokenize_chunks(request.negative_prompt)))
+    positive, negative = parse_prompts(ctx, request)
+    embeddings = te.embedding_index(ctx.embeddings) if ctx.embeddings else None
+    texts = list(dict.fromkeys([*positive.texts(), *negative.texts()]))
+    chunks = max(len(te.chunks_of(t, embeddings)) for t in texts)
     try:
-        if not bundle.spec.is_sdxl:
-            cond = PromptEncoding(te.encode([request.prompt], clip_skip=request.clip_skip, min_chunks=chunks))
-            uncond = PromptEncoding(te.encode([request.negative_prompt], clip_skip=request.clip_skip, min_chunks=chunks))
-        else:
-            cond = PromptEncoding(*te.encode_with_pooled([request.prompt], request.clip_skip, chunks))
-            if request.negative_prompt == "":
-                uncond = PromptEncoding(torch.zeros_like(cond.context), torch.zeros_like(cond.pooled))
-            else:
-                uncond = PromptEncoding(*te.encode_with_pooled([request.negative_prompt], request.clip_skip, chunks))
+        context, pooled = te.encode_pieces(texts, request.clip_skip, chunks, embeddings=embeddings)
     except ValueError as exc:  # clip skip beyond this model's layers
         raise RequestError("clip_skip", request.clip_skip, str(exc)) from exc
 
-    def repeat(p: PromptEncoding) -> PromptEncoding:
-        pooled = None if p.pooled is None else p.pooled.expand(request.batch_size, -1)
-        return PromptEncoding(p.context.expand(request.batch_size, -1, -1), pooled)
+    def encoding(i: int) -> PromptEncoding:  # (1, ...) -> (batch_size, ...)
+        if bundle.spec.is_sdxl and request.negative_prompt == "" and texts[i] not in positive.texts():
+            return PromptEncoding(torch.zeros_like(context[i : i + 1]).expand(request.batch_size, -1, -1),
+                                  torch.zeros_like(pooled[i : i + 1]).expand(request.batch_size, -1))
+        return PromptEncoding(context[i : i + 1].expand(request.batch_size, -1, -1),
+                              None if pooled is None else pooled[i : i + 1].expand(request.batch_size, -1))
 
-    return repeat(cond), repeat(uncond)
+    encodings = {text: encoding(i) for i, text in enumerate(texts)}
+
+    def encoded(parsed: ParsedPrompt) -> EncodedPrompt:
+        return EncodedPrompt(tuple(
+            (part.weight, tuple((entry.end_at_step, encodings[entry.pieces]) for entry in part.schedule))
+            for part in parsed.parts
+        ))
+
+    return encoded(positive), encoded(negative)
 
 
 def model_schedule(ctx: PipelineContext) -> DiscreteSchedule:
@@ -102,20 +131,40 @@ def sampling_sigmas(request: GenerationRequest, schedule: DiscreteSchedule, step
     )
 
 
-def build_denoiser(ctx: PipelineContext, request: GenerationRequest, cond: PromptEncoding, uncond: PromptEncoding,
+def build_denoiser(ctx: PipelineContext, request: GenerationRequest, cond: EncodedPrompt, uncond: EncodedPrompt,
                    concat: torch.Tensor | None = None, *, bundle: ModelBundle | None = None,
                    size: tuple[int, int] | None = None) -> CFGDenoiser:
-    """The CFG denoiser of `bundle` (default: the context's model). SDXL: each side gets its own y vector,
-    built from its pooled text and `size` = (width, height) of this pass (default: the request's)."""
+    """The CFG denoiser of `bundle` (default: the context's model), its network wrapped by the extensions.
+    SDXL: each text gets its own y vector, built from its pooled text and `size` = (width, height) of this
+    pass (default: the request's)."""
     bundle = bundle or ctx.bundle
-    denoiser = make_denoiser(bundle.unet, model_schedule(ctx), bundle.spec.prediction)
-    y_cond = y_uncond = None
-    if bundle.spec.is_sdxl:
-        width, height = size or (request.width, request.height)
-        y_cond = sdxl_vector(bundle.spec, cond.pooled, request, width, height)
-        y_uncond = sdxl_vector(bundle.spec, uncond.pooled, request, width, height, negative=True)
-    return CFGDenoiser(denoiser, Conditioning(cond.context, concat, y_cond), Conditioning(uncond.context, concat, y_uncond),
-                       request.cfg_scale, request.cfg_rescale)
+    unet = ctx.hooks.wrap_model(bundle.unet, request, bundle)
+    if unet is not bundle.unet:  # wrappers keep the network's dtype, which the denoiser casts inputs to
+        unet = WrappedModel(unet, bundle.unet.dtype)
+    denoiser = make_denoiser(unet, model_schedule(ctx), bundle.spec.prediction)
+
+    def conditioning(encoding: PromptEncoding, negative: bool) -> Conditioning:
+        y = None
+        if bundle.spec.is_sdxl:
+            width, height = size or (request.width, request.height)
+            y = sdxl_vector(bundle.spec, encoding.pooled, request, width, height, negative=negative)
+        return Conditioning(encoding.context, concat, y)
+
+    def scheduled(weight: float, schedule, negative: bool) -> ScheduledConditioning:
+        return ScheduledConditioning(tuple((end, conditioning(e, negative)) for end, e in schedule), weight)
+
+    conds = [scheduled(weight, schedule, False) for weight, schedule in cond.parts]
+    return CFGDenoiser(denoiser, conds, scheduled(*uncond.parts[0], True), request.cfg_scale, request.cfg_rescale)
+
+
+class WrappedModel:
+    """An extension's wrapper around the network, with the network's dtype."""
+
+    def __init__(self, function, dtype: torch.dtype) -> None:
+        self.function, self.dtype = function, dtype
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self.function(*args, **kwargs)
 
 
 def sample(
@@ -144,16 +193,22 @@ def sample(
 
     if switch is not None:
         switch.reset()
+    set_step = getattr(model, "set_step", None)  # scheduled prompts follow the steps
+    if set_step is not None:
+        set_step(0)
 
     def callback(state: dict) -> None:
         if switch is not None:
             switch.step_done(state["i"])
+        if set_step is not None:
+            set_step(state["i"] + 1)
         ctx.cancel.check()
+        latents = state["denoised"]
+        event = ProgressEvent(state["i"] + 1, total, batch_index, request.batch_count, phase, latents,
+                              lambda: latent_preview(latents))
+        ctx.hooks.on_step(event)
         if ctx.on_progress is not None:
-            latents = state["denoised"]
-            ctx.on_progress(ProgressEvent(
-                state["i"] + 1, total, batch_index, request.batch_count, phase, latents,
-                lambda: latent_preview(latents)))
+            ctx.on_progress(event)
 
     x = function(model, x, sigmas.to(x.device), callback=callback, **options)
     if info.timestep_sampler:  # they end at sigma_min, in the network's space: x_t = x / sqrt(1 + sigma^2)

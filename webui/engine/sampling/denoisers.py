@@ -3,12 +3,13 @@
 - `DiscreteSchedule`: the model's 1000 training noise levels, and sigma <-> fractional timestep.
 - `EpsDenoiser` / `VDenoiser`: an eps- or v-predicting UNet as a denoiser (k-diffusion's
   CompVisDenoiser / CompVisVDenoiser formulas), with extra input channels for inpainting and depth.
-- `CFGDenoiser`: classifier-free guidance, cond and uncond batched into one network call.
+- `CFGDenoiser`: classifier-free guidance, cond and uncond batched into one network call, with
+  composable diffusion (several weighted prompts, "AND") and conditioning that changes over the steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,9 +111,30 @@ def make_denoiser(unet: UNetFn, schedule: DiscreteSchedule, prediction: str) -> 
     raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
 
 
-class CFGDenoiser:
-    """Classifier-free guidance: uncond + scale * (cond - uncond), both halves in ONE network call.
+@dataclass(frozen=True)
+class ScheduledConditioning:
+    """A conditioning that changes over the steps (prompt editing): `entries` are (end_at_step,
+    conditioning), the first with step <= end_at_step is used. `weight`: its AND-weight."""
 
+    entries: tuple[tuple[int, Conditioning], ...]
+    weight: float = 1.0
+
+    @classmethod
+    def constant(cls, cond: Conditioning, weight: float = 1.0) -> ScheduledConditioning:
+        return cls(((2**31, cond),), weight)
+
+    def at(self, step: int) -> Conditioning:
+        for end, cond in self.entries:
+            if step <= end:
+                return cond
+        return self.entries[-1][1]
+
+
+class CFGDenoiser:
+    """Classifier-free guidance: uncond + scale * sum_i w_i (cond_i - uncond), all in ONE network call.
+
+    One cond of weight 1 is plain CFG; several are AUTOMATIC1111's composable diffusion ("AND").
+    Conditionings may change over the steps: the sampler reports each finished step with `set_step`.
     `cfg_rescale` (0..1) blends in the guided prediction rescaled to the conditional prediction's
     standard deviation (Lin et al. 2023, "Common Diffusion Noise Schedules ..."), computed in eps
     space as diffusers' `guidance_rescale`; it counters over-exposure at high scales.
@@ -121,36 +143,53 @@ class CFGDenoiser:
     def __init__(
         self,
         denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor],
-        cond: Conditioning,
-        uncond: Conditioning,
+        cond: Conditioning | Sequence[ScheduledConditioning],
+        uncond: Conditioning | ScheduledConditioning,
         cfg_scale: float,
         cfg_rescale: float = 0.0,
     ) -> None:
         self.denoiser = denoiser
-        self.cond, self.uncond = cond, uncond
+        self.conds = [ScheduledConditioning.constant(cond)] if isinstance(cond, Conditioning) else list(cond)
+        self.uncond = ScheduledConditioning.constant(uncond) if isinstance(uncond, Conditioning) else uncond
         self.cfg_scale = cfg_scale
         self.cfg_rescale = cfg_rescale
-        # Both halves must have the same token count to share a batch (A1111 pads with empty chunks).
-        if cond.context.shape[1] != uncond.context.shape[1]:
+        self.step = 0
+        if not self.conds:
+            raise ValueError("need at least one conditioning")
+        every = [c for s in (*self.conds, self.uncond) for _, c in s.entries]
+        # All halves must have the same token count to share a batch (A1111 pads with empty chunks).
+        if len({c.context.shape[1] for c in every}) != 1:
             raise ValueError("cond and uncond must have the same number of tokens")
-        if (cond.y is None) != (uncond.y is None):
+        if len({c.y is None for c in every}) != 1:
             raise ValueError("cond and uncond must both have a conditioning vector y, or neither")
 
+    def set_step(self, step: int) -> None:
+        """The 0-based index of the sampling step about to run (selects scheduled conditionings)."""
+        self.step = step
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.cfg_scale == 1.0:  # the uncond half would be multiplied by zero: skip its cost
-            return self.denoiser(x, sigma, self.cond)
+        conds = [(s.weight, s.at(self.step)) for s in self.conds]
+        if self.cfg_scale == 1.0 and len(conds) == 1 and conds[0][0] == 1.0:
+            return self.denoiser(x, sigma, conds[0][1])  # the uncond half would be multiplied by zero
+        halves = [c for _, c in conds] + [self.uncond.at(self.step)]
         both = Conditioning(
-            torch.cat([self.cond.context, self.uncond.context]),
-            None if self.cond.concat is None else torch.cat([self.cond.concat, self.uncond.concat]),
-            None if self.cond.y is None else torch.cat([self.cond.y, self.uncond.y]),  # each its own pooled text
+            torch.cat([c.context for c in halves]),
+            None if halves[0].concat is None else torch.cat([c.concat for c in halves]),
+            None if halves[0].y is None else torch.cat([c.y for c in halves]),  # each its own pooled text
         )
-        denoised = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
-        cond, uncond = denoised.chunk(2)
-        guided = uncond + (cond - uncond) * self.cfg_scale
+        n = len(halves)
+        denoised = self.denoiser(torch.cat([x] * n), torch.cat([sigma] * n), both).chunk(n)
+        uncond = denoised[-1]
+        if len(conds) == 1 and conds[0][0] == 1.0:
+            cond = denoised[0]
+            guided = uncond + (cond - uncond) * self.cfg_scale
+        else:
+            delta = sum(w * (d - uncond) for (w, _), d in zip(conds, denoised))
+            cond = uncond + delta  # the combined conditional prediction (guidance scale 1)
+            guided = uncond + delta * self.cfg_scale
         if self.cfg_rescale > 0:
             guided = self._rescale(x, sigma, cond, guided)
         return guided
-
     def _rescale(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
         s = sigma[:, None, None, None]
         eps_cond, eps_guided = (x - cond) / s, (x - guided) / s
