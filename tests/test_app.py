@@ -25,8 +25,15 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("authapp")
     (root / "models" / "checkpoints").mkdir(parents=True)
     save_file(make_checkpoint(Recipe("sd1"), seed=1), str(root / "models" / "checkpoints" / "tiny.safetensors"))
+    hello = root / "extensions" / "hello"  # an extension with an HTTP route
+    hello.mkdir(parents=True)
+    (hello / "extension.yaml").write_text("name: hello\nversion: '1'\napi_version: '1.0'\n")
+    (hello / "__init__.py").write_text(
+        "from webui.plugins import Route, hookimpl\n"
+        "@hookimpl\ndef api_routes():\n    return [Route('GET', 'ping', lambda: {'pong': True})]\n")
     port = free_port()
     options = LaunchOptions(port=port, auth=(("ann", "s3cret-pw"),), models_dir=root / "models",
+                            extensions_dir=root / "extensions",
                             outputs_dir=root / "outputs", settings_file=root / "settings.json",
                             presets_dir=Path(__file__).resolve().parent.parent / "presets", precision="fp32")
     demo = launch(options, block=False)
@@ -50,9 +57,25 @@ def status_of(url: str, data: bytes | None = None) -> int:
     ("/gradio_api/queue/join", b'{"data": [], "fn_index": 0, "session_hash": "x"}'),
     ("/gradio_api/file=/etc/passwd", None),
     ("/gradio_api/upload", b"x"),
+    ("/extensions/hello/ping", None),
 ])
 def test_routes_refuse_without_login(app, path, data):
     assert status_of(app + path, data) in (401, 403)
+
+
+def test_extension_routes_take_the_same_login(app):
+    import base64
+    import json
+
+    request = urllib.request.Request(app + "/extensions/hello/ping", headers={
+        "Authorization": "Basic " + base64.b64encode(b"ann:s3cret-pw").decode()})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        assert json.loads(response.read()) == {"pong": True}
+    wrong = urllib.request.Request(app + "/extensions/hello/ping", headers={
+        "Authorization": "Basic " + base64.b64encode(b"ann:wrong").decode()})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(wrong, timeout=20)
+    assert refused.value.code == 401
 
 
 def test_the_page_is_the_login_form_and_leaks_nothing(app):

@@ -29,7 +29,9 @@ expect = sync_api.expect
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("browserapp")
     (root / "models" / "checkpoints").mkdir(parents=True)
-    save_file(make_checkpoint(Recipe("sd1"), seed=1), str(root / "models" / "checkpoints" / "tiny.safetensors"))
+    checkpoint = make_checkpoint(Recipe("sd1"), seed=1)
+    save_file(checkpoint, str(root / "models" / "checkpoints" / "tiny.safetensors"))
+    save_lora(checkpoint, root / "models" / "loras" / "style.safetensors")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -39,6 +41,18 @@ def app(tmp_path_factory):
     demo = launch(options, block=False)
     yield root, f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+def save_lora(checkpoint, path: Path) -> None:
+    """A kohya LoRA on the first cross-attention key projection of the tiny SD 1 model."""
+    import torch
+
+    out, inp = checkpoint["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"].shape
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    gen = torch.Generator().manual_seed(5)
+    path.parent.mkdir(parents=True)
+    save_file({f"{key}.lora_down.weight": torch.randn(4, inp, generator=gen),
+               f"{key}.lora_up.weight": torch.randn(out, 4, generator=gen)}, str(path))
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +135,28 @@ def test_a_setting_is_persisted(app, page):
     expect(page.locator("#settings_result")).to_contain_text("Settings saved")
     assert json.loads((root / "settings.json").read_text())["preview_every"] == 3
     shot(page, "real_settings")
+
+
+def test_lora_picker_and_extensions_tab(app, page):
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img_prompt textarea").fill("a cat")
+    page.locator("#txt2img_ext_lora").get_by_text("LoRA").first.click()  # open the accordion
+    choice = page.locator("#txt2img_ext_lora .lora-picker input")
+    choice.click()
+    choice.fill("style")
+    choice.press("Enter")
+    page.locator("#txt2img_ext_lora .lora-add").click()
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a cat <lora:style:1>")
+    small(page, "txt2img", steps=2)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(
+        re.compile(r"^a cat <lora:style:1>\n.*Lora hashes: \"style: [0-9a-f]{12}\"", re.S), timeout=60_000)
+    expect(page.locator("#txt2img_error")).to_be_hidden()
+    shot(page, "real_lora")
+
+    page.get_by_role("tab", name="Extensions").click()
+    table = page.locator("#extensions_table")
+    expect(table).to_contain_text("prompt_weighting")
+    expect(table).to_contain_text("lora")
+    expect(table).to_contain_text("loaded")
+    shot(page, "real_extensions")

@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import save_file
@@ -117,3 +118,21 @@ def test_sdxl_with_a_refiner_through_the_service(tmp_path):
         assert service.refiner_store.current is None  # freed when no longer asked for
     finally:
         service.jobs.stop()
+
+
+def test_embeddings_are_listed_and_prompt_syntax_works_through_the_builtins(service):
+    import torch
+
+    folder = service.library.models_dir / "embeddings"
+    folder.mkdir(exist_ok=True)
+    save_file({"emb_params": torch.randn(2, 64)}, str(folder / "mystyle.safetensors"))
+    service.refresh_models()
+    assert service.embeddings() == ["mystyle"]
+    assert {row["name"]: row["status"] for row in service.extensions()} == {"lora": "loaded", "prompt_weighting": "loaded"}
+    images = []
+    for prompt in ("a mystyle circle", "a (mystyle:1.5) circle AND a square:0.5", "a [mystyle:circle:1]"):
+        status = wait(service, "ann", service.submit("ann", "tiny.safetensors", None, {**SMALL, "prompt": prompt}))
+        assert status.state == "done" and not status.notices, (prompt, status.error, status.notices)
+        assert status.infotexts[0].startswith(prompt + "\n")
+        images.append(np.asarray(status.images[0], dtype=np.int16))
+    assert all(np.abs(a - b).mean() > 0 for a, b in zip(images, images[1:]))

@@ -87,6 +87,11 @@ def launch(options: LaunchOptions, *, block: bool = True):
         run_history=False,  # Gradio would otherwise offer to upload runs to a Hugging Face bucket
         enable_monitoring=False,  # /monitoring is on by default
     )
+    if service.manager is not None:
+        from webui.plugins.routes import mount_extension_routes
+
+        for path in mount_extension_routes(demo.app, service.manager, options.auth):
+            print(f"Extension route: {path}")
     print(f"Running on http://{'127.0.0.1' if not options.listen else '0.0.0.0'}:{options.port}", flush=True)
     if options.share:
         if demo.share_url:

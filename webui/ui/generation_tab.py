@@ -84,6 +84,7 @@ def build_generation_tab(services: UIServices, name: str, label: str, *,
             with gr.Column(scale=1):
                 mode = build_mode() if build_mode else ModeInputs()
                 settings = build_settings_area(name, services, hires=hires)
+                build_embedding_picker(services, name, prompt_area.prompt)
                 extension_inputs = build_extension_controls(services, name, prompt_area.prompt)
             with gr.Column(scale=1):
                 progress = gr.HTML("", label="Progress", elem_id=f"{name}_progress")
@@ -104,6 +105,20 @@ def build_generation_tab(services: UIServices, name: str, label: str, *,
                 **mode.bindings, **settings.bindings}
     return GenerationTab(name, prompt_area, settings, mode, bindings, gallery, infotext, progress, preview, error,
                          send_buttons=send_buttons, extension_inputs=extension_inputs, **states)
+
+
+def build_embedding_picker(services: UIServices, tab: str, prompt: Component) -> None:
+    """The textual-inversion embeddings (models/embeddings), with a button that writes the chosen name into
+    the prompt: an embedding is used by its name."""
+    with gr.Accordion("Textual inversion", open=False, elem_id=f"{tab}_embeddings"):
+        with gr.Row():
+            name = gr.Dropdown(choices=services.embeddings(), value=None, label="Embedding", scale=3,
+                               elem_id=f"{tab}_embedding_choice")
+            refresh = gr.Button("🔄", scale=0, min_width=48, elem_id=f"{tab}_embedding_refresh")
+            add = gr.Button("Add to prompt", scale=1, elem_id=f"{tab}_embedding_add")
+    refresh.click(lambda: gr.update(choices=services.embeddings()), outputs=name, **_private())
+    add.click(lambda text, chosen: f"{text or ''} {chosen}".strip() if chosen else text, inputs=[prompt, name],
+              outputs=prompt, **_private())
 
 
 def build_extension_controls(services: UIServices, tab: str, prompt: Component) -> dict[str, tuple[str, str, Component]]:
