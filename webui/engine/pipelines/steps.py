@@ -97,22 +97,26 @@ def encode_prompts(
     except ValueError as exc:  # clip skip beyond this model's layers
         raise RequestError("clip_skip", request.clip_skip, str(exc)) from exc
 
-    def encoding(i: int) -> PromptEncoding:  # (1, ...) -> (batch_size, ...)
-        if bundle.spec.is_sdxl and request.negative_prompt == "" and texts[i] not in positive.texts():
-            return PromptEncoding(torch.zeros_like(context[i : i + 1]).expand(request.batch_size, -1, -1),
-                                  torch.zeros_like(pooled[i : i + 1]).expand(request.batch_size, -1))
-        return PromptEncoding(context[i : i + 1].expand(request.batch_size, -1, -1),
-                              None if pooled is None else pooled[i : i + 1].expand(request.batch_size, -1))
+    def encoding(i: int, zero: bool = False) -> PromptEncoding:  # (1, ...) -> (batch_size, ...)
+        c = context[i : i + 1]
+        p = None if pooled is None else pooled[i : i + 1]
+        if zero:
+            c, p = torch.zeros_like(c), None if p is None else torch.zeros_like(p)
+        return PromptEncoding(c.expand(request.batch_size, -1, -1),
+                              None if p is None else p.expand(request.batch_size, -1))
 
     encodings = {text: encoding(i) for i, text in enumerate(texts)}
+    zero_negative = bundle.spec.is_sdxl and request.negative_prompt == ""
 
-    def encoded(parsed: ParsedPrompt) -> EncodedPrompt:
+    def encoded(parsed: ParsedPrompt, zero: bool = False) -> EncodedPrompt:
         return EncodedPrompt(tuple(
-            (part.weight, tuple((entry.end_at_step, encodings[entry.pieces]) for entry in part.schedule))
+            (part.weight, tuple(
+                (entry.end_at_step, encoding(texts.index(entry.pieces), True) if zero else encodings[entry.pieces])
+                for entry in part.schedule))
             for part in parsed.parts
         ))
 
-    return encoded(positive), encoded(negative)
+    return encoded(positive), encoded(negative, zero_negative)
 
 
 def model_schedule(ctx: PipelineContext) -> DiscreteSchedule:
