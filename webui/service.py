@@ -223,6 +223,7 @@ class WebUIService:
         return self.manager
 
     def set_extension_enabled(self, name: str, enabled: bool) -> str:
+        self._check_extension_access()  # enabling runs an installed extension's code at the next start
         return self._manager().set_enabled(name, enabled)
 
     def install_extension(self, url: str) -> str:
@@ -265,14 +266,16 @@ class WebUIService:
     def extension_tabs(self) -> list[tuple[str, Any]]:
         if self.manager is None:
             return []
-        return [(record.name, spec) for record, specs in self.manager.call("ui_tabs", {})
-                for spec in specs if isinstance(spec, TabSpec)]
+        found = self.manager.call("ui_tabs", {}, accept=lambda specs: isinstance(specs, (list, tuple)) and all(
+            isinstance(spec, TabSpec) for spec in specs), expected="a list of TabSpec")
+        return [(record.name, spec) for record, specs in found for spec in specs]
 
     def extension_controls(self, tab: str) -> list[tuple[str, Any]]:
         if self.manager is None:
             return []
-        return [(record.name, spec) for record, spec in self.manager.call("ui_controls", {"tab": tab})
-                if isinstance(spec, ControlsSpec)]
+        found = self.manager.call("ui_controls", {"tab": tab}, accept=lambda spec: isinstance(spec, ControlsSpec),
+                                  expected="a ControlsSpec")
+        return [(record.name, spec) for record, spec in found]
 
     def _installed_folder(self, name: str) -> Path:
         """An installed (community) extension's folder, found by name in the loaded list."""

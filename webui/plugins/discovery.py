@@ -25,6 +25,7 @@ class Candidate:
     folder: Path  # holds extension.yaml (and, for folder extensions, __init__.py)
     source: str  # "builtin", "installed" or "package"
     entry_point: importlib.metadata.EntryPoint | None = None
+    error: str | None = None  # why it could not even be located (e.g. its package raised on import)
 
 
 def find_candidates(builtin_dir: Path | None, extensions_dir: Path | None) -> list[Candidate]:
@@ -32,7 +33,12 @@ def find_candidates(builtin_dir: Path | None, extensions_dir: Path | None) -> li
     found = [Candidate(f, "builtin") for f in _folders(builtin_dir)]
     found += [Candidate(f, "installed") for f in _folders(extensions_dir) if f.name != "builtin"]
     for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        spec = importlib.util.find_spec(entry_point.module)
+        try:  # finding a dotted module imports its parent package, which may fail
+            spec = importlib.util.find_spec(entry_point.module)
+        except Exception as exc:  # a broken package must not stop the app
+            found.append(Candidate(Path(entry_point.name), "package", entry_point,
+                                   f"its package could not be imported: {type(exc).__name__}: {exc}"))
+            continue
         origin = spec.origin if spec is not None else None
         folder = Path(origin).parent if origin else Path(entry_point.module)
         found.append(Candidate(folder, "package", entry_point))

@@ -68,7 +68,7 @@ def api_routes(context: ExtensionContext) -> list[Route] | None:
 
 @hookspec
 def rewrite_request(request: GenerationRequest, context: ExtensionContext) -> GenerationRequest | None:
-    """Called once per job before generation. Return a changed request (use `request.replace(...)`)
+    """Called once per job before generation. Return a changed request (`dataclasses.replace(request, ...)`)
     or None. Extensions are applied in turn, each seeing the previous one's result. The infotext keeps
     the prompts as the user wrote them."""
 

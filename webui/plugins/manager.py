@@ -14,6 +14,7 @@ from typing import Any
 
 import pluggy
 
+from webui.engine.patching import PatchError, WeightPatch, model_roots, resolve_parameter
 from webui.engine.pipelines.hooks import PipelineHooks
 from webui.engine.prompts import ParsedPrompt
 from webui.engine.request import GenerationRequest
@@ -87,9 +88,6 @@ class ExtensionManager:
         """Discover, validate and register every extension; problems are recorded, never raised."""
         for candidate in find_candidates(self.builtin_dir, self.extensions_dir):
             record = self._load_one(candidate)
-            if any(r.name == record.name for r in self.records):
-                record.status, record.error = "refused", f"another extension is already named {record.name!r}"
-                self._forget(record)
             self.records.append(record)
             if record.error:
                 log.warning("extension %s: %s", record.name, record.error)
@@ -97,6 +95,9 @@ class ExtensionManager:
 
     def _load_one(self, candidate: Candidate) -> ExtensionRecord:
         record = ExtensionRecord(candidate.folder.name, candidate.folder, candidate.source)
+        if candidate.error:
+            record.status, record.error = "failed", candidate.error
+            return record
         try:
             manifest = read_manifest(candidate.folder)
         except ExtensionError as exc:
@@ -107,6 +108,9 @@ class ExtensionManager:
             check_api_version(manifest)
         except ExtensionError as exc:
             record.status, record.error = "refused", str(exc)
+            return record
+        if any(r.name == manifest.name for r in self.records):  # checked before its code is imported
+            record.status, record.error = "refused", f"another extension is already named {manifest.name!r}"
             return record
         if manifest.name in self.state.disabled:
             record.status = "disabled"
@@ -155,11 +159,13 @@ class ExtensionManager:
 
     def call(self, hook: str, arguments: dict[str, Any], notices: list[str] | None = None,
              context: Callable[[ExtensionRecord], ExtensionContext | None] = lambda r: r.context,
+             accept: Callable[[Any], bool] = lambda result: True, expected: str = "",
              ) -> list[tuple[ExtensionRecord, Any]]:
-        """Call every active extension's `hook` in load order; [(record, result)] for non-None results.
+        """Call every active extension's `hook` in load order; [(record, result)] for accepted non-None results.
 
-        Each gets `arguments` plus its own `context`. A raising implementation is logged, noted in
-        `notices`, and counted against its extension; the other implementations still run.
+        Each gets `arguments` plus its own `context`. A raising implementation, or one whose result
+        `accept` refuses (it should be `expected`), is logged, noted in `notices`, and counted against
+        its extension; the other implementations still run.
         """
         implementations = {self.pm.get_name(impl.plugin): impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
         results = []
@@ -173,6 +179,10 @@ class ExtensionManager:
             except Exception as exc:  # an extension's bug: attribute it, report it, go on
                 self.report_failure(record, hook, exc, notices)
                 continue
+            if result is not None and not accept(result):
+                self.report_failure(record, hook, TypeError(f"returned {type(result).__name__}, expected {expected}"),
+                                    notices)
+                continue
             record.failures = 0
             if result is not None:
                 results.append((record, result))
@@ -181,7 +191,7 @@ class ExtensionManager:
     def report_failure(self, record: ExtensionRecord, hook: str, exc: Exception, notices: list[str] | None) -> None:
         record.failures += 1
         message = f"Extension '{record.name}' failed in {hook}: {type(exc).__name__}: {exc}"
-        log.error("%s\n%s", message, traceback.format_exc())
+        log.error("%s", message, exc_info=exc)  # exc's own traceback (there is none for a wrong return type)
         record.error = message
         if record.failures >= MAX_FAILURES:
             record.status = "stopped"
@@ -237,6 +247,7 @@ class ExtensionHooks(PipelineHooks):
             except Exception as exc:  # an extension's bug: attribute it, report it, go on
                 self.manager.report_failure(record, hook, exc, self.notices)
                 continue
+            record.failures = 0 if result is None or accept(result) else record.failures  # a success ends a run
             if result is None:
                 continue
             if not accept(result):
@@ -260,15 +271,34 @@ class ExtensionHooks(PipelineHooks):
                 self.manager.report_failure(record, "parse_prompt", exc, self.notices)
                 continue
             if isinstance(result, ParsedPrompt) and result.parts:
+                record.failures = 0
                 return result
             if result is not None:
                 self.manager.report_failure(record, "parse_prompt", TypeError("expected a ParsedPrompt with parts"), self.notices)
         return ParsedPrompt.literal(text, steps)
 
     def weight_patches(self, request, bundle) -> list:
-        results = self.manager.call("weight_patches", {"request": request, "bundle": bundle}, self.notices,
-                                    self.context)
-        return [patch for _, patches in results for patch in patches]
+        roots = model_roots(bundle)
+
+        def valid(patches: Any) -> bool:  # a bad patch leaves out that extension's patches, not the job
+            if not isinstance(patches, (list, tuple)) or not all(isinstance(p, WeightPatch) for p in patches):
+                return False
+            for patch in patches:
+                resolve_parameter(roots, patch.target, patch.source)  # raises PatchError naming it
+            return True
+
+        results = []
+        for record, patches in self.manager.call("weight_patches", {"request": request, "bundle": bundle},
+                                                 self.notices, self.context):
+            try:
+                if valid(patches):
+                    results += list(patches)
+                    continue
+                problem: Exception = TypeError("expected a list of WeightPatch")
+            except PatchError as exc:
+                problem = exc
+            self.manager.report_failure(record, "weight_patches", problem, self.notices)
+        return results
 
     def wrap_model(self, model, request, bundle):
         return self._chain("wrap_model", "model", model, callable, "a callable", request=request, bundle=bundle)
@@ -286,11 +316,9 @@ class ExtensionHooks(PipelineHooks):
 
     def infotext_fields(self, request) -> dict[str, str]:
         fields: dict[str, str] = {}
-        for record, result in self.manager.call("infotext_fields", {"request": request}, self.notices, self.context):
-            if isinstance(result, dict):
-                fields.update({str(k): str(v) for k, v in result.items()})
-            else:
-                self.manager.report_failure(record, "infotext_fields", TypeError("expected a dict"), self.notices)
+        for _, result in self.manager.call("infotext_fields", {"request": request}, self.notices, self.context,
+                                           accept=lambda r: isinstance(r, dict), expected="a dict"):
+            fields.update({str(k): str(v) for k, v in result.items()})
         return fields
 
 
