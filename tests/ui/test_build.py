@@ -125,3 +125,24 @@ def test_extensions_tab_lists_rows_or_says_none():
     table = blocks(fake)["extensions_table"].value
     assert table["headers"] == ["Name", "Version", "Status", "Error", "Hooks"]
     assert table["data"] == [["lora", "1.0", "enabled", "", "3"]]
+
+
+def test_extension_controls_are_collected_into_the_request_and_filled_from_infotext():
+    import gradio as gr
+
+    from webui.plugins import ControlsSpec
+    from webui.ui.generation_tab import build_generation_tab
+
+    class WithControls(FakeServices):
+        def extension_controls(self, tab):
+            return [("vignette", ControlsSpec("Vignette", lambda: {"strength": gr.Slider(0, 1, value=0.2)}))]
+
+    with gr.Blocks():
+        with gr.Tabs():
+            tab = build_generation_tab(WithControls(), "txt2img", "txt2img")
+    [(key, (extension, parameter, component))] = tab.extension_inputs.items()
+    assert (extension, parameter) == ("vignette", "strength") and tab.generate_inputs[key] is component
+    values = tab.request_values({**{name: b.component.value for name, b in tab.bindings.items()}, key: 0.7})
+    assert values["extensions"] == {"vignette": {"strength": 0.7}}
+    assert tab.fill({"extensions": {"vignette": {"strength": 0.4}}})[component] == 0.4
+    assert component in tab.fill_targets

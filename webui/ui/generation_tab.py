@@ -63,12 +63,20 @@ class GenerationTab:
         return {**fields, "extensions": extensions} if extensions else fields
 
     def fill(self, field_values: Mapping[str, Any]) -> dict[Component, Any]:
-        return fill(self.bindings, field_values)
+        """New component values: the request fields this tab shows, and extensions' parameters (as read back
+        from an infotext, under "extensions")."""
+        updates = fill(self.bindings, field_values)
+        extensions = field_values.get("extensions") or {}
+        for extension, parameter, component in self.extension_inputs.values():
+            if parameter in extensions.get(extension, {}):
+                updates[component] = extensions[extension][parameter]
+        return updates
 
     @property
     def fill_targets(self) -> list[Component]:
         """Everything `fill` and an incoming image may update."""
         targets = [b.component for b in self.bindings.values()]
+        targets += [component for _, _, component in self.extension_inputs.values()]
         if self.mode.image_target is not None and self.mode.image_target not in targets:
             targets.append(self.mode.image_target)
         return targets
@@ -161,8 +169,7 @@ def wire_generation_tab(services: UIServices, tab: GenerationTab, checkpoint: Co
         preset = services.presets().get(values[p.preset] or "")
         return tab.fill(preset) if preset else {}
 
-    p.preset.input(apply_preset, inputs={p.preset}, outputs=[b.component for b in tab.bindings.values()],
-                   **_private())
+    p.preset.input(apply_preset, inputs={p.preset}, outputs=tab.fill_targets, **_private())
 
     inputs = {"checkpoint": checkpoint, "vae": vae, **tab.generate_inputs}
     outputs = [tab.gallery, tab.infotext, tab.progress, tab.preview, tab.error, tab.job, tab.images, tab.infotexts,
