@@ -5,6 +5,7 @@ Implements `webui.ui.services.UIServices`. Requests are validated here, before a
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import fields
 from pathlib import Path
@@ -13,14 +14,14 @@ from typing import Any
 from PIL import Image
 
 from webui.config import SETTING_SPECS, LaunchOptions, SettingsStore
-from webui.engine.models.embeddings import load_embeddings
+from webui.engine.models.embeddings import load_embedding
 from webui.engine.models.prompt_tokens import Embedding
 from webui.engine.models.store import ModelStore
 from webui.engine.models.text_encoders import load_clip_tokenizer
 from webui.engine.pipelines import PipelineContext, ProgressEvent, generate
 from webui.engine.request import GenerationRequest
 from webui.engine.sampling.registry import SAMPLERS, SCHEDULES
-from webui.errors import RequestError, WebUIError
+from webui.errors import ModelLoadError, RequestError, WebUIError
 from webui.jobs import Job, JobQueue
 from webui.outputs import infotext_to_fields, parse_infotext, read_infotext
 from webui.paths import ModelLibrary
@@ -28,6 +29,7 @@ from webui.plugins import ControlsSpec, TabSpec, install
 from webui.plugins.manager import ExtensionManager
 from webui.ui.services import JobStatus, SettingSpec
 
+log = logging.getLogger(__name__)
 AUTOMATIC_VAE = "Automatic"
 REQUEST_FIELDS = {f.name for f in fields(GenerationRequest)}
 
@@ -79,8 +81,12 @@ class WebUIService:
             mtime = path.stat().st_mtime
             cached = self._embeddings.get(path)
             if cached is None or cached[0] != mtime:
-                loaded, _ = load_embeddings([path])
-                cached = self._embeddings[path] = (mtime, loaded[0] if loaded else None)
+                try:
+                    embedding = load_embedding(path)
+                except ModelLoadError as exc:  # not an embedding: reported, and the others still work
+                    log.warning("%s", exc)
+                    embedding = None
+                cached = self._embeddings[path] = (mtime, embedding)
             if cached[1] is not None:
                 found.append(cached[1])
         return tuple(found)

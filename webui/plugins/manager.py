@@ -157,34 +157,42 @@ class ExtensionManager:
 
     # --- calling ---------------------------------------------------------------------------------
 
+    def implementations(self, hook: str) -> list[tuple[ExtensionRecord, Any]]:
+        """(record, hook implementation) of every active extension implementing `hook`, in load order."""
+        by_name = {self.pm.get_name(impl.plugin): impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
+        return [(r, by_name[r.name]) for r in self.records if r.active and r.name in by_name]
+
+    def call_one(self, record: ExtensionRecord, impl: Any, hook: str, given: dict[str, Any],
+                 notices: list[str] | None, accept: Callable[[Any], bool] = lambda result: True,
+                 expected: str = "") -> tuple[bool, Any]:
+        """(ok, result) of one implementation, given the arguments it asks for from `given`. A raise, or a
+        non-None result that `accept` refuses (it should be `expected`), is reported and gives (False, None)."""
+        try:
+            result = impl.function(**{name: given[name] for name in impl.argnames})
+        except Exception as exc:  # an extension's bug: attribute it, report it, go on
+            self.report_failure(record, hook, exc, notices)
+            return False, None
+        if result is not None and not accept(result):
+            self.report_failure(record, hook, TypeError(f"returned {type(result).__name__}, expected {expected}"),
+                                notices)
+            return False, None
+        record.failures = 0  # a success ends a run of failures
+        return True, result
+
     def call(self, hook: str, arguments: dict[str, Any], notices: list[str] | None = None,
              context: Callable[[ExtensionRecord], ExtensionContext | None] = lambda r: r.context,
              accept: Callable[[Any], bool] = lambda result: True, expected: str = "",
              ) -> list[tuple[ExtensionRecord, Any]]:
         """Call every active extension's `hook` in load order; [(record, result)] for accepted non-None results.
 
-        Each gets `arguments` plus its own `context`. A raising implementation, or one whose result
-        `accept` refuses (it should be `expected`), is logged, noted in `notices`, and counted against
-        its extension; the other implementations still run.
+        Each gets `arguments` plus its own `context`; failures are handled by `call_one`, and the other
+        implementations still run.
         """
-        implementations = {self.pm.get_name(impl.plugin): impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
         results = []
-        for record in self.records:
-            impl = implementations.get(record.name)
-            if impl is None or not record.active:
-                continue
-            given = {**arguments, "context": context(record)}
-            try:
-                result = impl.function(**{name: given[name] for name in impl.argnames})
-            except Exception as exc:  # an extension's bug: attribute it, report it, go on
-                self.report_failure(record, hook, exc, notices)
-                continue
-            if result is not None and not accept(result):
-                self.report_failure(record, hook, TypeError(f"returned {type(result).__name__}, expected {expected}"),
-                                    notices)
-                continue
-            record.failures = 0
-            if result is not None:
+        for record, impl in self.implementations(hook):
+            ok, result = self.call_one(record, impl, hook, {**arguments, "context": context(record)}, notices,
+                                       accept, expected)
+            if ok and result is not None:
                 results.append((record, result))
         return results
 
@@ -233,28 +241,14 @@ class ExtensionHooks(PipelineHooks):
             self._contexts[record.name] = replace(record.context, warn=warn)
         return self._contexts.get(record.name)
 
-    def _implementations(self, hook: str) -> list[tuple[ExtensionRecord, Any]]:
-        by_name = {self.manager.pm.get_name(i.plugin): i for i in getattr(self.manager.pm.hook, hook).get_hookimpls()}
-        return [(r, by_name[r.name]) for r in self.manager.records if r.active and r.name in by_name]
-
     def _chain(self, hook: str, key: str, value: Any, accept: Callable[[Any], bool], expected: str,
                **other: Any) -> Any:
         """Pass `value` (argument `key`) through each extension in turn; None keeps it unchanged."""
-        for record, impl in self._implementations(hook):
+        for record, impl in self.manager.implementations(hook):
             given = {key: value, **other, "context": self.context(record)}
-            try:
-                result = impl.function(**{name: given[name] for name in impl.argnames})
-            except Exception as exc:  # an extension's bug: attribute it, report it, go on
-                self.manager.report_failure(record, hook, exc, self.notices)
-                continue
-            record.failures = 0 if result is None or accept(result) else record.failures  # a success ends a run
-            if result is None:
-                continue
-            if not accept(result):
-                self.manager.report_failure(record, hook, TypeError(f"returned {type(result).__name__}, expected {expected}"),
-                                     self.notices)
-                continue
-            value = result
+            ok, result = self.manager.call_one(record, impl, hook, given, self.notices, accept, expected)
+            if ok and result is not None:
+                value = result
         return value
 
     def rewrite_request(self, request: GenerationRequest) -> GenerationRequest:
@@ -263,18 +257,13 @@ class ExtensionHooks(PipelineHooks):
 
     def parse_prompt(self, text: str, steps: int, is_negative: bool) -> ParsedPrompt:
         # The first extension that answers wins; a wrong answer counts as a failure and the next is asked.
-        for record, impl in self._implementations("parse_prompt"):
+        for record, impl in self.manager.implementations("parse_prompt"):
             given = {"text": text, "steps": steps, "is_negative": is_negative, "context": self.context(record)}
-            try:
-                result = impl.function(**{name: given[name] for name in impl.argnames})
-            except Exception as exc:
-                self.manager.report_failure(record, "parse_prompt", exc, self.notices)
-                continue
-            if isinstance(result, ParsedPrompt) and result.parts:
-                record.failures = 0
+            ok, result = self.manager.call_one(record, impl, "parse_prompt", given, self.notices,
+                                               lambda r: isinstance(r, ParsedPrompt) and bool(r.parts),
+                                               "a ParsedPrompt with parts")
+            if ok and result is not None:
                 return result
-            if result is not None:
-                self.manager.report_failure(record, "parse_prompt", TypeError("expected a ParsedPrompt with parts"), self.notices)
         return ParsedPrompt.literal(text, steps)
 
     def weight_patches(self, request, bundle) -> list:
@@ -304,7 +293,7 @@ class ExtensionHooks(PipelineHooks):
         return self._chain("wrap_model", "model", model, callable, "a callable", request=request, bundle=bundle)
 
     def on_step(self, event) -> None:
-        if self._implementations("on_step"):
+        if self.manager.implementations("on_step"):
             info = StepInfo(event.step, event.total_steps, event.batch_index, event.phase, event.latents)
             self.manager.call("on_step", {"step": info}, self.notices, self.context)
 
@@ -321,8 +310,3 @@ class ExtensionHooks(PipelineHooks):
             fields.update({str(k): str(v) for k, v in result.items()})
         return fields
 
-
-def with_extension_params(request: GenerationRequest, name: str, params: dict[str, Any]) -> GenerationRequest:
-    """`request` with `params` under `request.extensions[name]` (merged into what is there)."""
-    merged = {**request.extensions, name: {**request.extensions.get(name, {}), **params}}
-    return replace(request, extensions=merged)

@@ -9,6 +9,7 @@ Networks may also be given directly as `request.extensions["lora"]["networks"]` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import replace
@@ -52,7 +53,14 @@ def find_file(context, name: str) -> Path | None:
 
 
 def short_hash(path: Path) -> str:
-    """A1111's "Lora hashes" value: the first 12 hex digits of the file's SHA-256."""
+    """A1111's "Lora hashes" value: the first 12 hex digits of the file's SHA-256 (read once per file
+    version, not once per image)."""
+    stat = path.stat()
+    return _short_hash(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=128)
+def _short_hash(path: Path, mtime_ns: int, size: int) -> str:  # memoised by the file's identity
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(16 << 20):

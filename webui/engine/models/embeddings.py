@@ -6,8 +6,6 @@ An embedding is used by writing its name (the file name without extension) in a 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -17,7 +15,6 @@ from webui.errors import ModelLoadError
 from .checkpoint_file import open_checkpoint
 from .prompt_tokens import Embedding
 
-log = logging.getLogger(__name__)
 SDXL_KEYS = ("clip_l", "clip_g")
 
 
@@ -52,14 +49,3 @@ def _vectors(tensors: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
             return {rows.shape[1]: rows}
     return {}
 
-
-def load_embeddings(paths: Iterable[Path]) -> tuple[list[Embedding], list[str]]:
-    """(embeddings, problems): files that are not embeddings are reported, not raised."""
-    embeddings, problems = [], []
-    for path in paths:
-        try:
-            embeddings.append(load_embedding(path))
-        except ModelLoadError as exc:
-            log.warning("%s", exc)
-            problems.append(str(exc))
-    return embeddings, problems

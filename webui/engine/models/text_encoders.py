@@ -253,6 +253,7 @@ class SDTextEncoder(torch.nn.Module):
         self.eos_id: int = tokenizer.eos_token_id
         self.pad_id = cfg.pad_token_id
         self.chunk_tokens = cfg.max_positions - 2  # 75 between the start and end tokens
+        self.comma_id = tokenizer.get_vocab().get(",</w>")  # for A1111's comma backtracking
         # The block whose output clip skip 1 uses (1-based): the last, or the penultimate for SD 2.
         self.top_layer = cfg.layers - (1 if cfg.default_layer == "penultimate" else 0)
         built = model.config.num_hidden_layers
@@ -286,7 +287,7 @@ class SDTextEncoder(torch.nn.Module):
         """A1111's chunks of weighted pieces (see `prompt_tokens.build_chunks`)."""
         kwargs = {} if embeddings is None else {"embeddings": embeddings}
         return build_chunks(pieces, self.tokenize, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
-                            comma_id=self.tokenizer.get_vocab().get(",</w>"), chunk_tokens=self.chunk_tokens, **kwargs)
+                            comma_id=self.comma_id, chunk_tokens=self.chunk_tokens, **kwargs)
 
     def tokenize_chunks(self, prompt: str) -> list[list[int]]:
         """A1111-style chunks of `prompt`: [BOS, <=75 tokens, EOS, padding], 77 ids each."""

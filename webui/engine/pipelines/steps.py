@@ -91,9 +91,8 @@ def encode_prompts(
     positive, negative = parse_prompts(ctx, request)
     embeddings = te.embedding_index(ctx.embeddings) if ctx.embeddings else None
     texts = list(dict.fromkeys([*positive.texts(), *negative.texts()]))
-    chunks = max(len(te.chunks_of(t, embeddings)) for t in texts)
-    try:
-        context, pooled = te.encode_pieces(texts, request.clip_skip, chunks, embeddings=embeddings)
+    try:  # one batch: every text padded to the longest one's chunk count
+        context, pooled = te.encode_pieces(texts, request.clip_skip, embeddings=embeddings)
     except ValueError as exc:  # clip skip beyond this model's layers
         raise RequestError("clip_skip", request.clip_skip, str(exc)) from exc
 
