@@ -29,6 +29,16 @@ def test_our_layout_and_a1111_layout(tmp_path):
     assert library.path("checkpoints", "a").name == "a.safetensors"  # without its extension
 
 
+def test_the_demo_models_tokenizer_folder_is_not_a_checkpoint(tmp_path):
+    touch(tmp_path / "checkpoints" / "webui-demo.safetensors")
+    touch(tmp_path / "checkpoints" / "webui-demo.tokenizer" / "vocab.json")
+    touch(tmp_path / "checkpoints" / "webui-demo.tokenizer" / "merges.txt")
+    library = ModelLibrary(tmp_path)
+    assert library.names("checkpoints") == ["webui-demo.safetensors"]
+    with pytest.raises(RequestError):
+        library.path("checkpoints", "webui-demo.tokenizer")
+
+
 @pytest.mark.parametrize("name", ["../x.safetensors", "/etc/passwd", "a.safetensors/../../x", "sub\\..\\..\\x", ""])
 def test_only_listed_names_resolve(tmp_path, name):
     touch(tmp_path / "checkpoints" / "a.safetensors")

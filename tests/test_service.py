@@ -136,3 +136,40 @@ def test_embeddings_are_listed_and_prompt_syntax_works_through_the_builtins(serv
         assert status.infotexts[0].startswith(prompt + "\n")
         images.append(np.asarray(status.images[0], dtype=np.int16))
     assert all(np.abs(a - b).mean() > 0 for a, b in zip(images, images[1:]))
+
+
+def service_with(tmp_path, *checkpoints):
+    """A service over stand-in checkpoint files (listed by name, never loaded), beside the demo tokenizer folder."""
+    folder = tmp_path / "models" / "checkpoints"
+    (folder / "webui-demo.tokenizer").mkdir(parents=True)
+    for name in ("vocab.json", "merges.txt"):
+        (folder / "webui-demo.tokenizer" / name).write_text("{}")
+    for name in checkpoints:
+        (folder / name).write_bytes(b"stand-in")
+    options = LaunchOptions(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                            settings_file=tmp_path / "s.json", extensions_dir=tmp_path / "extensions",
+                            presets_dir=Path(__file__).resolve().parent.parent / "presets", precision="fp32")
+    return build_service(options)
+
+
+def test_the_demo_model_is_the_default_and_sets_the_starting_values_only_when_alone(tmp_path):
+    alone = service_with(tmp_path / "alone", "webui-demo.safetensors")
+    try:
+        assert alone.checkpoints() == ["webui-demo.safetensors"]  # not its tokenizer folder
+        assert alone.default_checkpoint() == "webui-demo.safetensors"
+        initial = alone.initial_values()
+        assert initial == alone.presets()["demo"]
+        assert (initial["width"], initial["height"]) == (128, 128)
+    finally:
+        alone.jobs.stop()
+    beside = service_with(tmp_path / "beside", "webui-demo.safetensors", "zz-mine.safetensors", "my-sd15.ckpt")
+    try:
+        assert beside.default_checkpoint() == "my-sd15.ckpt"  # the user's first, not the demo model
+        assert beside.initial_values() == {}
+    finally:
+        beside.jobs.stop()
+    empty = service_with(tmp_path / "empty")
+    try:
+        assert empty.default_checkpoint() is None and empty.initial_values() == {}
+    finally:
+        empty.jobs.stop()

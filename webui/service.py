@@ -32,6 +32,12 @@ from webui.ui.services import JobStatus, SettingSpec
 log = logging.getLogger(__name__)
 AUTOMATIC_VAE = "Automatic"
 REQUEST_FIELDS = {f.name for f in fields(GenerationRequest)}
+DEMO_STEM = "webui-demo"  # the built-in demo model: models/checkpoints/webui-demo.safetensors
+DEMO_PRESET = "demo"  # presets/demo.yaml: the demo model's native size and sampling
+
+
+def is_demo_checkpoint(name: str) -> bool:
+    return Path(name).stem.startswith(DEMO_STEM)
 
 
 class WebUIService:
@@ -92,9 +98,16 @@ class WebUIService:
         return tuple(found)
 
     def default_checkpoint(self) -> str | None:
+        """The first of the user's own checkpoints; the built-in demo model only when there is no other."""
         names = self.checkpoints()
-        demo = [n for n in names if Path(n).stem.startswith("webui-demo")]
-        return (demo or names or [None])[0]
+        own = [n for n in names if not is_demo_checkpoint(n)]
+        return (own or names or [None])[0]
+
+    def initial_values(self) -> dict[str, Any]:
+        """Field values the generation tabs start from, over the request's defaults: the `demo` preset when
+        the default checkpoint is the demo model (made for 128x128, not the defaults' 512x512), else none."""
+        checkpoint = self.default_checkpoint()
+        return dict(self._presets.get(DEMO_PRESET, {})) if checkpoint and is_demo_checkpoint(checkpoint) else {}
 
     # --- choices and helpers ---------------------------------------------------------------------
 

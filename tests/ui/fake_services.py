@@ -42,6 +42,7 @@ class FakeServices:
         self._lock = threading.Lock()
         self._gpu = threading.Lock()
         self._checkpoints = ["fake-v1.safetensors", "fake-inpainting.safetensors"]
+        self.initial: dict[str, Any] = {}  # what initial_values() returns (the fields the tabs start from)
 
     # Models
     def checkpoints(self) -> list[str]:
@@ -57,6 +58,9 @@ class FakeServices:
 
     def default_checkpoint(self) -> str | None:
         return self._checkpoints[0]
+
+    def initial_values(self) -> dict[str, Any]:
+        return dict(self.initial)
 
     # Choices and helpers
     def samplers(self) -> list[str]:

@@ -67,6 +67,38 @@ def test_field_defaults_follow_the_request():
     assert by_id["checkpoint"].value == "fake-v1.safetensors" and by_id["vae"].value == "Automatic"
 
 
+def test_fields_start_at_the_services_initial_values():
+    """E.g. the demo preset's 128x128 when the app starts on the demo model; other fields keep the defaults."""
+    from webui.ui.app_ui import build_ui
+
+    fake = FakeServices()
+    fake.initial = {"width": 128, "height": 128, "steps": 12, "sampler_name": "Euler a", "scheduler": "Karras",
+                    "cfg_scale": 5.5, "denoising_strength": 0.4, "inpaint_full_res": True}
+    by_id = {b.elem_id: b for b in build_ui(fake).blocks.values() if getattr(b, "elem_id", None)}
+    for tab in GENERATION_TABS:
+        assert (by_id[f"{tab}_width"].value, by_id[f"{tab}_height"].value) == (128, 128)
+        assert by_id[f"{tab}_steps"].value == 12 and by_id[f"{tab}_cfg_scale"].value == 5.5
+        assert (by_id[f"{tab}_sampler"].value, by_id[f"{tab}_scheduler"].value) == ("Euler a", "Karras")
+        assert by_id[f"{tab}_seed"].value == -1 and by_id[f"{tab}_batch_size"].value == 1
+    assert by_id["img2img_denoising_strength"].value == 0.4 and by_id["inpaint_area"].value == "Only masked"
+    assert by_id["inpaint_mask_mode"].value == "Inpaint masked"
+
+
+def test_the_demo_preset_as_initial_values_reaches_the_request():
+    import gradio as gr
+
+    from webui.presets import load_preset
+    from webui.ui.generation_tab import build_generation_tab
+
+    fake = FakeServices()
+    fake.initial = load_preset(Path(__file__).resolve().parents[2] / "presets" / "demo.yaml")
+    with gr.Blocks():
+        with gr.Tabs():
+            tab = build_generation_tab(fake, "txt2img", "txt2img", hires=True)
+    values = tab.request_values({name: b.component.value for name, b in tab.bindings.items()})
+    assert {k: values[k] for k in fake.initial} == fake.initial
+
+
 def test_field_components_pass_values_through():
     from webui.ui.fields import FieldDropdown, FieldSlider
 

@@ -90,8 +90,9 @@ def fill(bindings: Mapping[str, Binding], field_values: Mapping[str, Any]) -> di
 
 
 def slider(name: str, label: str, minimum: float, maximum: float, step: float, elem_id: str,
-           integer: bool = True, value: Any = None, **kwargs: Any) -> FieldSlider:
-    """A field slider starting at the request's default."""
+           integer: bool = True, value: Any = None, defaults: Mapping[str, Any] = REQUEST_DEFAULTS,
+           **kwargs: Any) -> FieldSlider:
+    """A field slider starting at `defaults[name]` (the request's default unless the tab starts elsewhere)."""
     return FieldSlider(minimum=minimum, maximum=maximum, step=step, label=label, elem_id=elem_id,
-                       value=REQUEST_DEFAULTS[name] if value is None else value,
+                       value=defaults[name] if value is None else value,
                        precision=0 if integer else None, **kwargs)

@@ -17,7 +17,7 @@ import gradio as gr
 from gradio.components import Component
 
 from webui.ui.controls import PromptArea, SettingsArea, build_prompt_area, build_settings_area, token_count_html
-from webui.ui.fields import Binding, collect, fill
+from webui.ui.fields import REQUEST_DEFAULTS, Binding, collect, fill
 from webui.ui.generate import make_generate, make_job_action
 from webui.ui.mode_inputs import ModeInputs
 from webui.ui.services import UIServices
@@ -83,15 +83,17 @@ class GenerationTab:
 
 
 def build_generation_tab(services: UIServices, name: str, label: str, *,
-                         build_mode: Callable[[], ModeInputs] | None = None, hires: bool = False,
+                         build_mode: Callable[[Mapping[str, Any]], ModeInputs] | None = None, hires: bool = False,
                          send_to: tuple[str, ...] = ("img2img", "inpaint")) -> GenerationTab:
-    """Lay out the tab (call inside `gr.Tabs()`); events are wired by `wire_generation_tab`."""
+    """Lay out the tab (call inside `gr.Tabs()`), its fields starting at the service's initial values over the
+    request defaults; events are wired by `wire_generation_tab`."""
+    defaults = {**REQUEST_DEFAULTS, **services.initial_values()}
     with gr.Tab(label, id=name, elem_id=f"tab_{name}"):
-        prompt_area = build_prompt_area(name, services)
+        prompt_area = build_prompt_area(name, services, defaults)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                mode = build_mode() if build_mode else ModeInputs()
-                settings = build_settings_area(name, services, hires=hires)
+                mode = build_mode(defaults) if build_mode else ModeInputs()
+                settings = build_settings_area(name, services, hires=hires, defaults=defaults)
                 build_embedding_picker(services, name, prompt_area.prompt)
                 extension_inputs = build_extension_controls(services, name, prompt_area.prompt)
             with gr.Column(scale=1):

@@ -41,11 +41,11 @@ def _require_image(values: dict[str, Any], tab: str) -> None:
         raise MissingImage("init_image", f"the {tab} tab first")
 
 
-def _resize_and_denoise(tab: str) -> dict[str, Binding]:
-    b = {"resize_mode": Binding(FieldRadio(list(RESIZE_MODES), value=REQUEST_DEFAULTS["resize_mode"],
+def _resize_and_denoise(tab: str, d: Mapping[str, Any]) -> dict[str, Binding]:
+    b = {"resize_mode": Binding(FieldRadio(list(RESIZE_MODES), value=d["resize_mode"],
                                            label="Resize mode", elem_id=f"{tab}_resize_mode"))}
     b["denoising_strength"] = Binding(slider("denoising_strength", "Denoising strength", 0, 1, 0.01,
-                                             f"{tab}_denoising_strength", integer=False))
+                                             f"{tab}_denoising_strength", integer=False, defaults=d))
     return b
 
 
@@ -54,10 +54,10 @@ def _input_image(elem_id: str, label: str, image_mode: str = "RGB") -> gr.Image:
                     format="png", height=360)
 
 
-def img2img_inputs() -> ModeInputs:
+def img2img_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs:
     image = _input_image("img2img_image", "Image")
     b = {"init_image": Binding(image)}
-    b.update(_resize_and_denoise("img2img"))
+    b.update(_resize_and_denoise("img2img", defaults))
 
     def finish(extra: Mapping[str, Any], request_values: dict[str, Any]) -> dict[str, Any]:
         _require_image(request_values, "img2img")
@@ -70,36 +70,44 @@ def _editor_value(image: Image.Image) -> dict[str, Any]:
     return {"background": image, "layers": [], "composite": image}
 
 
-def inpaint_inputs() -> ModeInputs:
+def _mask_mode(invert: bool) -> str:
+    return "Inpaint not masked" if invert else "Inpaint masked"
+
+
+def _inpaint_area(full_res: bool) -> str:
+    return "Only masked" if full_res else "Whole picture"
+
+
+def inpaint_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs:
+    d = defaults
     editor = gr.ImageMask(type="pil", label="Image (paint the area to repaint)", elem_id="inpaint_editor",
                           sources=["upload", "clipboard"], format="png", height=480,
                           brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
     with gr.Accordion("Mask upload (optional)", open=False, elem_id="inpaint_mask_upload_accordion"):
         mask_upload = _input_image("inpaint_mask_upload", "Mask (white = repaint; added to the painted one)",
                                    image_mode="L")
-    b = _resize_and_denoise("inpaint")
+    b = _resize_and_denoise("inpaint", d)
     with gr.Row():
-        b["mask_blur"] = Binding(slider("mask_blur", "Mask blur", 0, 64, 1, "inpaint_mask_blur"))
+        b["mask_blur"] = Binding(slider("mask_blur", "Mask blur", 0, 64, 1, "inpaint_mask_blur", defaults=d))
         b["inpainting_mask_invert"] = Binding(
-            gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked", label="Mask mode",
-                     elem_id="inpaint_mask_mode"),
-            to_request=lambda v: v == "Inpaint not masked",
-            from_request=lambda v: "Inpaint not masked" if v else "Inpaint masked")
-    b["inpainting_fill"] = Binding(FieldRadio(list(INPAINTING_FILLS), value=REQUEST_DEFAULTS["inpainting_fill"],
+            gr.Radio(["Inpaint masked", "Inpaint not masked"], value=_mask_mode(d["inpainting_mask_invert"]),
+                     label="Mask mode", elem_id="inpaint_mask_mode"),
+            to_request=lambda v: v == "Inpaint not masked", from_request=_mask_mode)
+    b["inpainting_fill"] = Binding(FieldRadio(list(INPAINTING_FILLS), value=d["inpainting_fill"],
                                               label="Masked content", elem_id="inpaint_inpainting_fill"))
     with gr.Row():
         b["inpaint_full_res"] = Binding(
-            gr.Radio(["Whole picture", "Only masked"], value="Whole picture", label="Inpaint area",
-                     elem_id="inpaint_area"),
-            to_request=lambda v: v == "Only masked",
-            from_request=lambda v: "Only masked" if v else "Whole picture")
+            gr.Radio(["Whole picture", "Only masked"], value=_inpaint_area(d["inpaint_full_res"]),
+                     label="Inpaint area", elem_id="inpaint_area"),
+            to_request=lambda v: v == "Only masked", from_request=_inpaint_area)
         b["inpaint_full_res_padding"] = Binding(slider("inpaint_full_res_padding", "Only masked padding, pixels",
-                                                       0, 256, 4, "inpaint_full_res_padding"))
+                                                       0, 256, 4, "inpaint_full_res_padding", defaults=d))
     with gr.Accordion("Outpaint: extend the image by", open=False, elem_id="inpaint_outpaint"):
         with gr.Row():
             for name in OUTPAINT_FIELDS:
                 side = name.removeprefix("outpaint_")
-                b[name] = Binding(slider(name, f"{side.capitalize()} (pixels)", 0, 2048, 8, f"inpaint_{name}"))
+                b[name] = Binding(slider(name, f"{side.capitalize()} (pixels)", 0, 2048, 8, f"inpaint_{name}",
+                                         defaults=d))
 
     def finish(extra: Mapping[str, Any], request_values: dict[str, Any]) -> dict[str, Any]:
         images = inpaint_images(extra.get("image_editor"), extra.get("mask_upload"), is_outpaint(request_values))
@@ -109,13 +117,13 @@ def inpaint_inputs() -> ModeInputs:
                       image_target=editor, image_value=_editor_value)
 
 
-def depth_inputs() -> ModeInputs:
+def depth_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs:
     """Depth-to-image: the engine side arrives in a later issue; the request carries `depth_map` (None: estimate)."""
     with gr.Row():
         image = _input_image("depth_image", "Image")
         depth_map = _input_image("depth_map_upload", "Depth map (optional; white = near)", image_mode="L")
     b = {"init_image": Binding(image)}
-    b.update(_resize_and_denoise("depth"))
+    b.update(_resize_and_denoise("depth", defaults))
 
     def finish(extra: Mapping[str, Any], request_values: dict[str, Any]) -> dict[str, Any]:
         _require_image(request_values, "depth")
