@@ -1,0 +1,58 @@
+"""The demo model's training script: every stage runs, and what it writes is an ordinary SD 1.x
+checkpoint (with its tokenizer) and an ordinary kohya LoRA, read by the app's own loaders."""
+
+from pathlib import Path
+
+import torch
+
+from webui.demo_model import architecture as arch
+from webui.demo_model.train import CHECKPOINT_NAME, LORA_NAME, TrainConfig, run
+from webui.engine.models.loading import load_checkpoint
+from webui.engine.pipelines import PipelineContext, generate
+from webui.engine.request import GenerationRequest
+from webui.paths import ModelLibrary
+from webui.plugins.manager import ExtensionManager
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = TrainConfig(vae_steps=2, vae_full_steps=2, pool=64, unet_steps=3, unet_batch=4, snapshot_every=2, lora_steps=2)
+
+
+def test_fold_latent_scale_keeps_the_round_trip_and_scales_the_latents():
+    torch.manual_seed(0)
+    vae = arch.new_vae().eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = vae.encode(x)
+        before = vae.decode(mean)
+        k = arch.fold_latent_scale(vae, latent_std=float(mean.std()))
+        mean2, logvar2 = vae.encode(x)
+        after = vae.decode(mean2)
+    assert torch.allclose(mean2, mean * k, rtol=1e-4, atol=1e-5)
+    assert abs(float((mean2 * 0.18215).std()) - 1.0) < 1e-3
+    assert torch.allclose(logvar2, logvar + 2 * torch.log(torch.tensor(k)), atol=1e-4)
+    assert torch.allclose(after, before, atol=1e-4)
+
+
+def test_every_stage_writes_files_the_app_loads(tmp_path):
+    models = tmp_path / "models"
+    report = run(TINY, models, tmp_path / "work")
+    assert set(report["seconds"]) == {"vae", "encode", "unet", "lora", "total"}
+    assert (tmp_path / "work" / f"{CHECKPOINT_NAME}-step2.safetensors").is_file()  # an EMA snapshot
+
+    checkpoint = models / "checkpoints" / f"{CHECKPOINT_NAME}.safetensors"
+    bundle = load_checkpoint(checkpoint)  # the loader every user checkpoint goes through
+    assert bundle.spec.family == "sd1" and bundle.spec.unet == arch.UNET_CONFIG
+    assert bundle.spec.vae.ch == arch.VAE_CONFIG.ch and bundle.spec.vae.ch_mult == arch.VAE_CONFIG.ch_mult
+    assert bundle.text_encoder.tokenizer.get_vocab()["circle</w>"]  # its own tokenizer, found beside it
+    assert len(bundle.text_encoder.tokenizer) == bundle.spec.text_encoder.vocab_size
+    assert checkpoint.stat().st_size < 25 * 1024 * 1024
+
+    library = ModelLibrary(models)
+    manager = ExtensionManager(builtin_dir=ROOT / "extensions" / "builtin", extensions_dir=None,
+                               data_dir=tmp_path / "data", models_dir=models,
+                               services={"model_names": library.names, "model_path": library.path})
+    manager.load()
+    request = GenerationRequest(prompt=f"a red circle <lora:{LORA_NAME}:1>", width=64, height=64, steps=2, seed=1)
+    result = generate(request, PipelineContext(bundle, hooks=manager.hooks_for_job()))
+    assert not result.notices  # every layer of the LoRA file matched a layer of the model
+    assert result.images[0].size == (64, 64)
