@@ -1,7 +1,6 @@
 """docs/extensions.md: every hook has its section, and the guide's example extension works as it says."""
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from webui.engine.pipelines import PipelineContext, generate
 from webui.engine.request import GenerationRequest
 from webui.outputs import parse_infotext
 from webui.plugins import ControlsSpec, TabSpec
-from webui.plugins.discovery import MODULE_PREFIX
 from webui.plugins.manager import HOOK_NAMES, ExtensionManager
 
 from ..engine.models.tiny_checkpoints import Recipe, make_checkpoint
@@ -55,15 +53,6 @@ def called_by_the_app(hook: str) -> bool:
         if path.name != "hookspecs.py" and re.search(rf"[\"']{hook}[\"']", path.read_text(encoding="utf-8")):
             return True
     return False
-
-
-@pytest.fixture(autouse=True)
-def forget_extension_modules():
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith(MODULE_PREFIX):
-            del sys.modules[name]
 
 
 # --- the hook reference --------------------------------------------------------------------------

@@ -58,15 +58,6 @@ def ext(tmp_path) -> Path:
     return tmp_path / "extensions"
 
 
-@pytest.fixture(autouse=True)
-def forget_extension_modules():
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith(MODULE_PREFIX):
-            del sys.modules[name]
-
-
 RAISING = """
 CALLS = []
 

@@ -4,7 +4,6 @@ controls, generate with the extension's parameters; the exposed-server rule; bad
 import json
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from webui.app import build_service
 from webui.config import LaunchOptions
 from webui.errors import RequestError, WebUIError
 from webui.plugins import ControlsSpec, TabSpec
-from webui.plugins.discovery import MODULE_PREFIX
 
 from ..engine.models.tiny_checkpoints import Recipe, make_checkpoint
 
@@ -117,15 +115,6 @@ def start(tmp_path, models_dir):
     yield build
     for service in services:
         service.jobs.stop()
-
-
-@pytest.fixture(autouse=True)
-def forget_extension_modules():
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith(MODULE_PREFIX):
-            del sys.modules[name]
 
 
 def rows(service) -> dict[str, dict]:

@@ -149,5 +149,5 @@ def with_style(scene: Scene, style: str) -> Scene:
 VOCABULARY = sorted(
     {*COLOURS, *SHAPES, *SIZES, *STYLES, "top", "bottom", "left", "right", "centre", "center", "middle",
      "a", "an", "the", "at", "in", "on", "of", "with", "and", "background", "shape", "outline", "outlined",
-     "big", "tiny", "image", "picture", "photo", "of", "grey", "gray", "brown", ","}
+     "big", "tiny", "image", "picture", "photo", "grey", "gray", "brown", ","}
 )
