@@ -53,7 +53,7 @@ def _targets(unet: nn.Module) -> dict[str, nn.Module]:
 
 def train_lora(cfg, checkpoint: Path, out: Path) -> None:
     """Train and write the hollow-outline LoRA for `checkpoint` (the config is train.TrainConfig)."""
-    from .train import encode_pool, lr_at  # the same helpers as the base model's training
+    from .train import encode_pool, lr_at, training_noise  # the same helpers as the base model's training
 
     torch.manual_seed(cfg.seed + 3)
     rng = np.random.default_rng(cfg.seed + 3)
@@ -76,7 +76,7 @@ def train_lora(cfg, checkpoint: Path, out: Path) -> None:
             context = text.encode([caption(with_style(pool[i], "filled"), rng) for i in idx]).clone()
             x0 = latents[torch.from_numpy(idx)]
             t = torch.from_numpy(rng.integers(0, 1000, size=batch))
-            noise = torch.randn_like(x0)
+            noise = training_noise(x0, cfg.coarse_noise)  # as the base model learnt
             a = alphas[t].view(-1, 1, 1, 1)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg.lora_steps, 1e-3, warmup=50)

@@ -4,7 +4,8 @@ Stages, each deterministic by seed:
 1. `vae`: the autoencoder, on 64x64 crops of rendered scenes (filled and hollow shapes), until flat
    colours come back faithfully; then its latent scale is folded in so SD's 0.18215 fits it.
 2. `unet`: a pool of scenes is encoded once; the UNet and the text encoder learn together on it
-   (eps-prediction, SD's scaled-linear schedule, min-SNR weighting, 10% empty captions for CFG, EMA).
+   (eps-prediction, SD's scaled-linear schedule, min-SNR weighting with a floor, coarse "offset" noise,
+   10% empty captions for CFG, EMA).
    Writes `checkpoints/webui-demo.safetensors` and `checkpoints/webui-demo.tokenizer/`.
 3. `lora`: from the saved checkpoint, loaded by the app's own loader, a LoRA that draws hollow outlines
    (`loras/webui-demo-hollow.safetensors`); see `lora_training.py`.
@@ -50,13 +51,22 @@ class TrainConfig:
     vae_full_lr: float = 2e-4
     hollow_share: float = 0.3  # of VAE training scenes (the LoRA draws outlines)
     pool: int = 16384  # scenes encoded once for the UNet stage
-    unet_steps: int = 3500
+    unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 6e-4
     empty_caption: float = 0.1
     min_snr: float = 5.0
+    # ... with a floor under the weight of the image error at the noisiest steps, where eps-prediction
+    # otherwise barely feels it (weight SNR, 0.005 at t=999): that is where the layout (the shape's
+    # position) is decided. Still being tuned: see benchmarks/RESULTS.md, "Demo model".
+    snr_floor: float = 0.5
+    # Coarse noise added to the Gaussian noise, per image and channel: (grid, amplitude) pairs. SD's
+    # schedule leaves the mean and the coarse layout of a 16x16 latent visible even at t=999; without
+    # this the model copies them from the start noise (wrong background colours, positions that follow
+    # the seed instead of the prompt). The 1x1 term is "offset noise".
+    coarse_noise: tuple[tuple[int, float], ...] = ((8, 0.4), (4, 0.3), (2, 0.2), (1, 0.1))
     ema: float = 0.999
-    snapshot_every: int = 1000  # UNet steps between EMA snapshots in the work folder (to watch progress)
+    snapshot_every: int = 500  # UNet steps between EMA snapshots in the work folder (to watch progress)
     lora_steps: int = 600
     lora_rank: int = 8
     stages: tuple[str, ...] = ("vae", "unet", "lora")
@@ -154,6 +164,15 @@ def token_ids(tokenizer, prompts: list[str], length: int = 77) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def training_noise(x0: torch.Tensor, coarse: tuple[tuple[int, float], ...]) -> torch.Tensor:
+    """Gaussian noise like `x0` plus, for each (grid, amplitude), a grid x grid Gaussian upsampled to full size."""
+    noise = torch.randn_like(x0)
+    for grid, amplitude in coarse:
+        low = torch.randn(x0.shape[0], x0.shape[1], grid, grid)
+        noise += amplitude * torch.nn.functional.interpolate(low, size=x0.shape[-2:], mode="bilinear", align_corners=False)
+    return noise
+
+
 class EMA:
     def __init__(self, modules: list[torch.nn.Module], decay: float) -> None:
         self.params = [p for m in modules for p in m.parameters()]
@@ -194,14 +213,14 @@ def train_unet(
     ema = EMA([unet, text], cfg.ema)
     alphas = DiscreteSchedule.scaled_linear().alphas_cumprod.float()
     snr = alphas / (1 - alphas)
-    weight = torch.clamp(snr, max=cfg.min_snr) / snr  # min-SNR-gamma weighting for eps-prediction
+    weight = torch.clamp(snr, min=cfg.snr_floor, max=cfg.min_snr) / snr  # min-SNR-gamma, eps-prediction
     bar = tqdm(range(cfg.unet_steps), desc="UNet + text encoder", unit="step")
     for step in bar:
         idx = rng.integers(len(pool), size=cfg.unet_batch)
         prompts = ["" if rng.random() < cfg.empty_caption else caption(pool[i], rng) for i in idx]
         x0 = latents[torch.from_numpy(idx)]
         t = torch.from_numpy(rng.integers(0, 1000, size=cfg.unet_batch))
-        noise = torch.randn_like(x0)
+        noise = training_noise(x0, cfg.coarse_noise)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
