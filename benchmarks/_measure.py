@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import platform
 import resource
@@ -195,3 +196,20 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
         "diffusers": diffusers.__version__, "transformers": transformers.__version__, "loadavg_start": os.getloadavg(),
     }
+
+
+def read_checkpoint(path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, memory-mapped; in another dtype, converted one tensor at a time."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {k: (t.to(dtype) if t.is_floating_point() else t) for k in f.keys() for t in [f.get_tensor(k)]}
+
+
+def report(res: dict[str, Any], started: float, summary: Callable[[dict], str]) -> None:
+    """Close a benchmark's result (end load average, wall time) and print it: one JSON line, then the summary."""
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    res["wall_s"] = time.perf_counter() - started
+    print(json.dumps(res))
+    print(summary(res))
+    print(f"total wall time {res['wall_s']:.0f} s")

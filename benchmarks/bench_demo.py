@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -54,12 +53,6 @@ PARTS = ("text", "unet", "vae")
 # --- 1. both sides' models ------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The file's tensors in fp32 (ours loads in fp32 too)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return {k: (t.float() if t.is_floating_point() else t) for k in f.keys() for t in [f.get_tensor(k)]}
 
 
 def load_diffusers(path: Path):
@@ -80,7 +73,7 @@ def load_diffusers(path: Path):
     from webui.engine.models.detection import SD1_TEXT_PREFIX
     from webui.engine.models.text_encoders import _folder_vocab
 
-    sd = read_checkpoint(path)
+    sd = m.read_checkpoint(path, torch.float32)
     original = ldm_original_config(UNET_CONFIG, VAE_CONFIG)
 
     def build(cls, config: dict, converted: dict) -> torch.nn.Module:
@@ -308,11 +301,7 @@ def main() -> None:
         res["parameters"] = {"ours": parameters(bundle.unet, bundle.vae, bundle.text_encoder.model),
                              "ref": parameters(pipe.unet, pipe.vae, pipe.text_encoder)}
         res["generation"] = bench(args, bundle, pipe)
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["wall_s"] = time.perf_counter() - started
-    print(json.dumps(res))
-    print(summary(res))
-    print(f"total wall time {res['wall_s']:.0f} s")
+    m.report(res, started, summary)
 
 
 if __name__ == "__main__":

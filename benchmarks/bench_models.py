@@ -388,11 +388,7 @@ def main() -> None:
     if "load" in args.parts:
         res["load"] = bench_load(args, paths, config)
         res["load_note"] = "each load in a fresh subprocess; the checkpoint was read just before, so the page cache is warm for both"
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["wall_s"] = time.perf_counter() - started
-    print(json.dumps(res))
-    print(summary(res))
-    print(f"total wall time {res['wall_s']:.0f} s")
+    m.report(res, started, summary)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -77,12 +76,6 @@ def prepare_checkpoint(workdir: Path, recipe: tc.Recipe, seed: int) -> Path:
     return path
 
 
-def read_checkpoint(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The file's tensors, memory-mapped; in another dtype, converted one tensor at a time."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return {k: (t.to(dtype) if t.is_floating_point() else t) for k in f.keys() for t in [f.get_tensor(k)]}
 
 
 def load_diffusers(sd: dict[str, torch.Tensor], recipe: tc.Recipe):
@@ -335,7 +328,7 @@ def main() -> None:
             dtype = DTYPES[name]
             bundle = load_checkpoint(res["checkpoint"], dtype=dtype)
             res["rss"][f"{name} ours loaded"] = m.memory_status()["VmRSS"]
-            pipe = load_diffusers(read_checkpoint(Path(res["checkpoint"]), dtype), recipe)
+            pipe = load_diffusers(m.read_checkpoint(Path(res["checkpoint"]), dtype), recipe)
             res["rss"][f"{name} both loaded"] = m.memory_status()["VmRSS"]
             print(f"{name}: models loaded, RSS {m.gib(m.memory_status()['VmRSS'])}", file=sys.stderr)
             if "step" in args.parts:
@@ -346,11 +339,7 @@ def main() -> None:
             del bundle, pipe
             m.release_free_memory()
     res["rss"]["ru_maxrss"] = m.max_rss_bytes()
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["wall_s"] = time.perf_counter() - started
-    print(json.dumps(res))
-    print(summary(res))
-    print(f"total wall time {res['wall_s']:.0f} s")
+    m.report(res, started, summary)
 
 
 if __name__ == "__main__":
