@@ -55,9 +55,9 @@ PARTS = ("text", "unet", "vae")
 
 
 
-def load_diffusers(path: Path):
+def load_diffusers(path: Path, prediction: str):
     """StableDiffusionPipeline from the checkpoint at `path`, mapped by diffusers' own converters into models
-    built on the meta device (no random init, no hub)."""
+    built on the meta device (no random init, no hub); `prediction` ("eps" or "v") as our loader found it."""
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
@@ -112,7 +112,8 @@ def load_diffusers(path: Path):
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # pads with <|endoftext|>, as SD 1
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", algorithm_type="dpmsolver++",
-        solver_order=2, solver_type="midpoint", use_karras_sigmas=True, steps_offset=1)
+        solver_order=2, solver_type="midpoint", use_karras_sigmas=True, steps_offset=1,
+        prediction_type="v_prediction" if prediction == "v" else "epsilon")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text.eval().requires_grad_(False), tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -296,7 +297,7 @@ def main() -> None:
         bundle = load_checkpoint(args.checkpoint)
         res["load_s"]["ours"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pipe = load_diffusers(args.checkpoint)
+        pipe = load_diffusers(args.checkpoint, bundle.spec.prediction)
         res["load_s"]["ref"] = time.perf_counter() - t0
         res["parameters"] = {"ours": parameters(bundle.unet, bundle.vae, bundle.text_encoder.model),
                              "ref": parameters(pipe.unet, pipe.vae, pipe.text_encoder)}

@@ -53,7 +53,7 @@ def _targets(unet: nn.Module) -> dict[str, nn.Module]:
 
 def train_lora(cfg, checkpoint: Path, out: Path) -> None:
     """Train and write the hollow-outline LoRA for `checkpoint` (the config is train.TrainConfig)."""
-    from .train import encode_pool, lr_at, training_noise  # the same helpers as the base model's training
+    from .train import encode_pool, lr_at, training_noise, v_target  # the same helpers as the base model's training
 
     torch.manual_seed(cfg.seed + 3)
     rng = np.random.default_rng(cfg.seed + 3)
@@ -81,7 +81,8 @@ def train_lora(cfg, checkpoint: Path, out: Path) -> None:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg.lora_steps, 1e-3, warmup=50)
             pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float(), context)
-            loss = (pred - noise).pow(2).mean()
+            target = v_target(x0, noise, a) if bundle.spec.prediction == "v" else noise
+            loss = (pred - target).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -4,7 +4,7 @@ Stages, each deterministic by seed:
 1. `vae`: the autoencoder, on 64x64 crops of rendered scenes (filled and hollow shapes), until flat
    colours come back faithfully; then its latent scale is folded in so SD's 0.18215 fits it.
 2. `unet`: a pool of scenes is encoded once; the UNet and the text encoder learn together on it
-   (eps-prediction, SD's scaled-linear schedule, min-SNR weighting with a floor, coarse "offset" noise,
+   (v-prediction, SD's scaled-linear schedule, min-SNR weighting with a floor, coarse "offset" noise,
    10% empty captions for CFG, EMA).
    Writes `checkpoints/webui-demo.safetensors` and `checkpoints/webui-demo.tokenizer/`.
 3. `lora`: from the saved checkpoint, loaded by the app's own loader, a LoRA that draws hollow outlines
@@ -51,14 +51,17 @@ class TrainConfig:
     vae_full_lr: float = 2e-4
     hollow_share: float = 0.3  # of VAE training scenes (the LoRA draws outlines)
     pool: int = 16384  # scenes encoded once for the UNet stage
-    unet_steps: int = 3000
+    unet_steps: int = 2000
     unet_batch: int = 64
     unet_lr: float = 6e-4
     empty_caption: float = 0.1
+    # The UNet predicts v (SD 2's 768-v parameterisation), not the noise: at the noisiest steps, where the
+    # layout (the shape's position) is decided, an eps-model's image estimate is its noise error times
+    # up to 15, and a UNet this small cannot reproduce its input that precisely; it learnt colours but
+    # never positions (benchmarks/RESULTS.md, "Demo model"). v is mostly the image there.
     min_snr: float = 5.0
-    # ... with a floor under the weight of the image error at the noisiest steps, where eps-prediction
-    # otherwise barely feels it (weight SNR, 0.005 at t=999): that is where the layout (the shape's
-    # position) is decided. Still being tuned: see benchmarks/RESULTS.md, "Demo model".
+    # ... with a floor under the weight of the image error at the noisiest steps (min-SNR gives them
+    # SNR, 0.005 at t=999).
     snr_floor: float = 0.5
     # Coarse noise added to the Gaussian noise, per image and channel: (grid, amplitude) pairs. SD's
     # schedule leaves the mean and the coarse layout of a 16x16 latent visible even at t=999; without
@@ -173,6 +176,11 @@ def training_noise(x0: torch.Tensor, coarse: tuple[tuple[int, float], ...]) -> t
     return noise
 
 
+def v_target(x0: torch.Tensor, noise: torch.Tensor, alpha_cumprod: torch.Tensor) -> torch.Tensor:
+    """What a v-prediction UNet predicts for x_t = sqrt(a) x0 + sqrt(1 - a) noise."""
+    return alpha_cumprod.sqrt() * noise - (1 - alpha_cumprod).sqrt() * x0
+
+
 class EMA:
     def __init__(self, modules: list[torch.nn.Module], decay: float) -> None:
         self.params = [p for m in modules for p in m.parameters()]
@@ -213,7 +221,7 @@ def train_unet(
     ema = EMA([unet, text], cfg.ema)
     alphas = DiscreteSchedule.scaled_linear().alphas_cumprod.float()
     snr = alphas / (1 - alphas)
-    weight = torch.clamp(snr, min=cfg.snr_floor, max=cfg.min_snr) / snr  # min-SNR-gamma, eps-prediction
+    weight = torch.clamp(snr, min=cfg.snr_floor, max=cfg.min_snr) / (snr + 1)  # min-SNR-gamma, v-prediction
     bar = tqdm(range(cfg.unet_steps), desc="UNet + text encoder", unit="step")
     for step in bar:
         idx = rng.integers(len(pool), size=cfg.unet_batch)
@@ -227,7 +235,7 @@ def train_unet(
             group["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr)
         context = text(input_ids=token_ids(tokenizer, prompts)).last_hidden_state
         pred = unet(xt, t.float(), context)
-        loss = (weight[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = (weight[t] * (pred - v_target(x0, noise, a)).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -279,7 +287,7 @@ def run(cfg: TrainConfig, models_dir: Path, work_dir: Path) -> dict:
         report["seconds"]["encode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         checkpoints.mkdir(parents=True, exist_ok=True)
-        metadata = {"modelspec.title": "webui demo model", "modelspec.prediction_type": "epsilon",
+        metadata = {"modelspec.title": "webui demo model", "modelspec.prediction_type": "v",
                     "modelspec.resolution": f"{arch.NATIVE_SIZE}x{arch.NATIVE_SIZE}",
                     "webui.training": json.dumps(asdict(cfg))}
 
