@@ -53,8 +53,6 @@ PARTS = ("text", "unet", "vae")
 # --- 1. both sides' models ------------------------------------------------------------------------------
 
 
-
-
 def load_diffusers(path: Path, prediction: str):
     """StableDiffusionPipeline from the checkpoint at `path`, mapped by diffusers' own converters into models
     built on the meta device (no random init, no hub); `prediction` ("eps" or "v") as our loader found it."""

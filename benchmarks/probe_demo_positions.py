@@ -23,7 +23,7 @@ import torch
 from webui.demo_model import architecture as arch
 from webui.demo_model.scenes import POSITIONS, VOCABULARY, caption, scenes, shape_mask
 from webui.demo_model.tokenizer import write_tokenizer
-from webui.demo_model.train import token_ids, v_target
+from webui.demo_model.train import TrainConfig, token_ids, v_target
 from webui.engine.models.text_encoders import load_clip_tokenizer
 from webui.engine.sampling.denoisers import DiscreteSchedule
 
@@ -50,6 +50,7 @@ def main() -> None:
     encoder = arch.new_text_encoder(len(tokenizer)) if args.context == "text" else torch.nn.Embedding(9, arch.TEXT_WIDTH)
     opt = torch.optim.AdamW([*unet.parameters(), *encoder.parameters()], lr=6e-4)
     alphas = DiscreteSchedule.scaled_linear().alphas_cumprod.float()
+    cfg = TrainConfig()  # the demo training's min-SNR weights
 
     def context(idx: np.ndarray) -> torch.Tensor:
         if args.context == "class":
@@ -80,9 +81,9 @@ def main() -> None:
         if args.param == "x0":
             loss = (out - x0).pow(2).mean()
         elif args.param == "eps":
-            loss = (torch.clamp(snr, 0.5, 5) / snr * (out - noise).pow(2)).mean()
+            loss = (torch.clamp(snr, cfg.snr_floor, cfg.min_snr) / snr * (out - noise).pow(2)).mean()
         else:
-            loss = (torch.clamp(snr, 0.5, 5) / (snr + 1) * (out - v_target(x0, noise, a)).pow(2)).mean()
+            loss = (torch.clamp(snr, cfg.snr_floor, cfg.min_snr) / (snr + 1) * (out - v_target(x0, noise, a)).pow(2)).mean()
         if step % 50 == 0:
             with torch.no_grad():
                 a9 = alphas[999]
