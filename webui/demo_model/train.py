@@ -295,8 +295,9 @@ def run(cfg: TrainConfig, models_dir: Path, work_dir: Path) -> dict:
             path = work_dir / f"{CHECKPOINT_NAME}-step{step}.safetensors"
             save_file(arch.checkpoint_state_dict(unet, vae, text), str(path), metadata=metadata)
             link = work_dir / f"{CHECKPOINT_NAME}-step{step}.tokenizer"
-            if not link.exists():
-                link.symlink_to(tokenizer_dir.resolve(), target_is_directory=True)
+            if link.is_symlink():  # perhaps left by an earlier run, to another folder
+                link.unlink()
+            link.symlink_to(tokenizer_dir.resolve(), target_is_directory=True)
 
         unet, text = train_unet(cfg, latents, pool, tokenizer, snapshot)
         save_file(arch.checkpoint_state_dict(unet, vae, text), str(checkpoint), metadata=metadata)
