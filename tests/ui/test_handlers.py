@@ -147,14 +147,16 @@ def test_progress_is_reported_while_running(served):
     assert "Done" in str(job.result()[PROGRESS])
 
 
-def test_a_cancelled_client_interrupts_its_job(served):
+def test_a_cancelled_client_interrupts_its_job(served, monkeypatch):
     fake, client, _ = served
+    monkeypatch.setattr(fake, "step_seconds", 0.1)  # a 15 s job: still running when the cancel arrives on a busy machine
     job = client.submit(prompt="abandoned", steps=150, api_name="/txt2img")
     deadline = time.monotonic() + 10
     while not any(v.get("prompt") == "abandoned" for v in fake.submitted) and time.monotonic() < deadline:
         time.sleep(0.05)
     interrupted_before = len(fake.interrupted)
     job.cancel()  # Gradio closes the generator; nobody waits for the job any more
+    deadline = time.monotonic() + 10
     while len(fake.interrupted) == interrupted_before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(fake.interrupted) > interrupted_before
