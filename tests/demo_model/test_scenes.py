@@ -23,8 +23,10 @@ def test_full_caption_names_everything_and_phrasings_leave_parts_out():
     for word in (scene.shape, scene.colour, scene.background, scene.size, scene.position):
         assert word in text
     rng = np.random.default_rng(0)
-    phrasings = {caption(scene, rng) for _ in range(50)}
-    assert len(phrasings) > 4 and all(scene.colour in p and scene.shape in p for p in phrasings)
+    phrasings = [caption(scene, rng) for _ in range(400)]
+    assert len(set(phrasings)) > 4 and all(scene.shape in p or p == scene.colour for p in phrasings)
+    assert scene.colour in phrasings  # the colour alone, as in a negative prompt
+    assert any(scene.colour not in p for p in phrasings)  # the shape without its colour
 
 
 def test_rendered_pixels_are_the_palette_colours():

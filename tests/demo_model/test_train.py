@@ -6,7 +6,10 @@ from pathlib import Path
 import torch
 
 from webui.demo_model import architecture as arch
-from webui.demo_model.train import CHECKPOINT_NAME, LORA_NAME, TrainConfig, run
+import numpy as np
+
+from webui.demo_model.scenes import Scene, shape_mask
+from webui.demo_model.train import CHECKPOINT_NAME, LORA_NAME, TrainConfig, latent_cover, run
 from webui.engine.models.loading import load_checkpoint
 from webui.engine.pipelines import PipelineContext, generate
 from webui.engine.request import GenerationRequest
@@ -31,6 +34,15 @@ def test_fold_latent_scale_keeps_the_round_trip_and_scales_the_latents():
     assert abs(float((mean2 * 0.18215).std()) - 1.0) < 1e-3
     assert torch.allclose(logvar2, logvar + 2 * torch.log(torch.tensor(k)), atol=1e-4)
     assert torch.allclose(after, before, atol=1e-4)
+
+
+def test_latent_cover_is_the_shape_s_share_of_each_8x8_cell():
+    scene = Scene("square", "red", "blue", "large", "top left")
+    cover = latent_cover(scene, 128)
+    assert cover.shape == (16, 16)
+    assert cover[4, 4] == 1.0 and cover[15, 15] == 0.0  # inside the square at the top left; the far corner
+    assert np.any((cover > 0) & (cover < 1))  # edge cells are partly covered
+    assert np.isclose(cover.mean(), shape_mask(scene, 128).mean())
 
 
 def test_every_stage_writes_files_the_app_loads(tmp_path):

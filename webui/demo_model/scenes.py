@@ -124,14 +124,18 @@ def render(scene: Scene, size: int = 128) -> np.ndarray:
 
 
 def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
-    """A caption of the scene; with `rng`, one of several phrasings (parts left out at random)."""
+    """A caption of the scene; with `rng`, one of several phrasings (parts left out at random, or only the
+    shape's colour)."""
     if rng is None:
-        keep_size = keep_position = keep_background = True
+        keep_size = keep_colour = keep_position = keep_background = True
     else:
-        keep_size, keep_position, keep_background = (rng.random(3) < (0.6, 0.75, 0.8)).tolist()
+        if rng.random() < 0.05:  # one word, as people write negative prompts ("red")
+            return scene.colour
+        keep_size, keep_colour, keep_position, keep_background = (rng.random(4) < (0.6, 0.85, 0.75, 0.8)).tolist()
     size = f"{scene.size} " if keep_size else ""
     style = "hollow " if scene.style == "hollow" else ""
-    words = f"{size}{style}{scene.colour} {scene.shape}"
+    colour = f"{scene.colour} " if keep_colour else ""
+    words = f"{size}{style}{colour}{scene.shape}"
     text = ("an " if words[0] in "aeiou" else "a ") + words
     if keep_position:
         text += " in the centre" if scene.position == "centre" else f" at the {scene.position}"

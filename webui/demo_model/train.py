@@ -1,8 +1,9 @@
 """Train the built-in demo model on the CPU: `python -m webui.demo_model.train`.
 
 Stages, each deterministic by seed:
-1. `vae`: the autoencoder, on 64x64 crops of rendered scenes (filled and hollow shapes), until flat
-   colours come back faithfully; then its latent scale is folded in so SD's 0.18215 fits it.
+1. `vae`: the autoencoder, on 64x64 crops of rendered scenes (filled and hollow shapes), then on whole
+   images, until flat colours come back faithfully; in the whole-image phase its last latent channel also
+   learns to be the shape's coverage. Then its latent scale is folded in so SD's 0.18215 fits it.
 2. `unet`: a pool of scenes is encoded once; the UNet and the text encoder learn together on it
    (v-prediction, SD's scaled-linear schedule, min-SNR weighting with a floor, coarse "offset" noise,
    10% empty captions for CFG, EMA).
@@ -32,7 +33,7 @@ from webui.engine.models.text_encoders import load_clip_tokenizer
 from webui.engine.sampling.denoisers import DiscreteSchedule
 
 from . import architecture as arch
-from .scenes import VOCABULARY, caption, render, scenes
+from .scenes import VOCABULARY, caption, render, scenes, shape_mask
 from .tokenizer import write_tokenizer
 
 CHECKPOINT_NAME = "webui-demo"
@@ -50,8 +51,15 @@ class TrainConfig:
     vae_full_batch: int = 4
     vae_full_lr: float = 2e-4
     hollow_share: float = 0.3  # of VAE training scenes (the LoRA draws outlines)
+    # The VAE's last latent channel is taught to be the shape's coverage (+s on the shape, -s on the
+    # background, s the spread of the other channels), the same sign for every colour pair. Without it the
+    # position has no colour-free signal in the latents (a shape differs from its background by the colour
+    # difference, which averages out over the pairs) and the UNet never learns to place the shape by the
+    # prompt (benchmarks/RESULTS.md, "Demo model"). Only in the whole-image phase: from the start, it
+    # slowed the colours down (mean colour error 26/255 instead of 8).
+    mask_channel_weight: float = 0.1
     pool: int = 16384  # scenes encoded once for the UNet stage
-    unet_steps: int = 2000
+    unet_steps: int = 2400
     unet_batch: int = 64
     unet_lr: float = 6e-4
     empty_caption: float = 0.1
@@ -111,12 +119,14 @@ def train_vae(cfg: TrainConfig, phase: str = "crops", vae: torch.nn.Module | Non
     for step in bar:
         styles = ["hollow" if h else "filled" for h in rng.random(batch_size) < cfg.hollow_share]
         batch = [scenes(int(rng.integers(2**31)), 1, style)[0] for style in styles]
-        arrays = []
+        arrays, covers = [], []
         for scene in batch:
-            image = render(scene, size)
+            image, cover = render(scene, size), latent_cover(scene, size)
             y, x = rng.integers(0, size - crop + 1, size=2) // 8 * 8
             arrays.append(image[y : y + crop, x : x + crop])
+            covers.append(cover[y // 8 : (y + crop) // 8, x // 8 : (x + crop) // 8])
         x = images_tensor(arrays)
+        cover = torch.from_numpy(np.stack(covers)).float()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, peak, warmup=min(200, steps // 5))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -125,14 +135,23 @@ def train_vae(cfg: TrainConfig, phase: str = "crops", vae: torch.nn.Module | Non
             out = vae.decode(z).float()
         mean, logvar = mean.float(), logvar.float()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = (out - x).abs().mean() + 0.5 * (out - x).pow(2).mean() + 1e-5 * kl
+        spread = mean[:, :-1].detach().std().clamp(min=1e-3)
+        mask_error = (mean[:, -1] / spread - (2 * cover - 1)).pow(2).mean()
+        mask_weight = cfg.mask_channel_weight if full else 0.0
+        loss = (out - x).abs().mean() + 0.5 * (out - x).pow(2).mean() + 1e-5 * kl + mask_weight * mask_error
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", mask=f"{mask_error.item():.3f}")
     return vae.eval().requires_grad_(False)
+
+
+def latent_cover(scene, size: int) -> np.ndarray:
+    """The shape's coverage of each 8x8 cell of a `size` image: what the VAE's last channel says."""
+    cells = size // 8
+    return shape_mask(scene, size).reshape(cells, 8, cells, 8).mean(axis=(1, 3))
 
 
 @torch.no_grad()
