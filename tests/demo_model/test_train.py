@@ -3,11 +3,10 @@ checkpoint (with its tokenizer) and an ordinary kohya LoRA, read by the app's ow
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from webui.demo_model import architecture as arch
-import numpy as np
-
 from webui.demo_model.scenes import Scene, shape_mask
 from webui.demo_model.train import CHECKPOINT_NAME, LORA_NAME, TrainConfig, latent_cover, run
 from webui.engine.models.loading import load_checkpoint
@@ -38,7 +37,7 @@ def test_fold_latent_scale_keeps_the_round_trip_and_scales_the_latents():
 
 def test_latent_cover_is_the_shape_s_share_of_each_8x8_cell():
     scene = Scene("square", "red", "blue", "large", "top left")
-    cover = latent_cover(scene, 128)
+    cover = latent_cover(shape_mask(scene, 128))
     assert cover.shape == (16, 16)
     assert cover[4, 4] == 1.0 and cover[15, 15] == 0.0  # inside the square at the top left; the far corner
     assert np.any((cover > 0) & (cover < 1))  # edge cells are partly covered

@@ -116,9 +116,9 @@ def shape_mask(scene: Scene, size: int, supersample: int = 4) -> np.ndarray:
     return mask.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
 
 
-def render(scene: Scene, size: int = 128) -> np.ndarray:
-    """The scene as (size, size, 3) uint8 RGB."""
-    cover = shape_mask(scene, size)[..., None]
+def render(scene: Scene, size: int = 128, cover: np.ndarray | None = None) -> np.ndarray:
+    """The scene as (size, size, 3) uint8 RGB; `cover` is its `shape_mask(scene, size)` when the caller has it."""
+    cover = (shape_mask(scene, size) if cover is None else cover)[..., None]
     image = cover * np.array(scene.rgb("shape"), np.float32) + (1 - cover) * np.array(scene.rgb("background"), np.float32)
     return np.round(image).astype(np.uint8)
 

@@ -121,7 +121,8 @@ def train_vae(cfg: TrainConfig, phase: str = "crops", vae: torch.nn.Module | Non
         batch = [scenes(int(rng.integers(2**31)), 1, style)[0] for style in styles]
         arrays, covers = [], []
         for scene in batch:
-            image, cover = render(scene, size), latent_cover(scene, size)
+            pixels = shape_mask(scene, size)
+            image, cover = render(scene, size, pixels), latent_cover(pixels)
             y, x = rng.integers(0, size - crop + 1, size=2) // 8 * 8
             arrays.append(image[y : y + crop, x : x + crop])
             covers.append(cover[y // 8 : (y + crop) // 8, x // 8 : (x + crop) // 8])
@@ -148,10 +149,11 @@ def train_vae(cfg: TrainConfig, phase: str = "crops", vae: torch.nn.Module | Non
     return vae.eval().requires_grad_(False)
 
 
-def latent_cover(scene, size: int) -> np.ndarray:
-    """The shape's coverage of each 8x8 cell of a `size` image: what the VAE's last channel says."""
-    cells = size // 8
-    return shape_mask(scene, size).reshape(cells, 8, cells, 8).mean(axis=(1, 3))
+def latent_cover(pixels: np.ndarray) -> np.ndarray:
+    """The shape's coverage of each 8x8 cell, from its coverage per pixel (`shape_mask`): what the VAE's
+    last channel says."""
+    h, w = pixels.shape
+    return pixels.reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
 
 
 @torch.no_grad()
