@@ -4,7 +4,7 @@ the rendered scenes back correctly."""
 import numpy as np
 from PIL import Image
 
-from webui.demo_model.scenes import COLOURS, PALETTE, POSITIONS, SHAPES, caption, render, scenes, with_style
+from webui.demo_model.scenes import COLOURS, PALETTE, POSITIONS, SHAPES, Scene, caption, render, scenes, with_style
 from webui.demo_model.scoring import colour_share, judge, score
 
 
@@ -41,6 +41,7 @@ def test_the_judge_reads_rendered_scenes_back():
     truth = scenes(1234, 200)
     scores = score(truth, [Image.fromarray(render(s)) for s in truth])
     assert scores.colours >= 0.98 and scores.positions >= 0.98, scores
+    assert scores.colour_error < 15, scores  # the scenes' colours are jittered (COLOUR_JITTER per channel)
 
 
 def test_the_judge_tells_hollow_from_filled_and_finds_no_shape_in_a_flat_image():
@@ -49,3 +50,12 @@ def test_the_judge_tells_hollow_from_filled_and_finds_no_shape_in_a_flat_image()
     assert judge(render(with_style(scene, "hollow"))).hollowness > 0.5
     flat = np.full((64, 64, 3), PALETTE["blue"], dtype=np.uint8)
     assert judge(flat).colour is None and judge(flat).background == "blue"
+
+
+def test_specks_do_not_move_the_judged_shape():
+    scene = Scene("circle", "red", "blue", "medium", "bottom right")
+    image = render(scene)
+    image[:3, :4] = PALETTE["yellow"]  # as the demo VAE leaves in the top-left corner
+    judged, clean = judge(image), judge(render(scene))
+    assert (judged.position, judged.colour) == ("bottom right", "red")
+    assert judged.hollowness == clean.hollowness < 0.1
