@@ -3,6 +3,7 @@ installs what is missing, and serves the UI at the printed address."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def test_python_launch_py_starts_the_app_from_a_clean_environment(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     process = subprocess.Popen([sys.base_prefix + "/bin/python3" if os.name != "nt" else sys.executable,
                                 "launch.py", "--port", str(port)], cwd=copy, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # launch.py runs the app in a child: stop the whole group
     output = []
     try:
         deadline = time.monotonic() + 900  # a fresh environment installs torch, gradio, transformers ...
@@ -55,8 +57,8 @@ def test_python_launch_py_starts_the_app_from_a_clean_environment(tmp_path):
         assert "gradio" in page.lower()
         assert (copy / ".venv").is_dir()
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
