@@ -10,6 +10,7 @@ Stages, each deterministic by seed:
    Writes `checkpoints/webui-demo.safetensors` and `checkpoints/webui-demo.tokenizer/`.
 3. `lora`: from the saved checkpoint, loaded by the app's own loader, a LoRA that draws hollow outlines
    (`loras/webui-demo-hollow.safetensors`); see `lora_training.py`.
+76 to 90 minutes on a 2-core CPU (benchmarks/RESULTS.md, "Demo model").
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class TrainConfig:
     vae_batch: int = 8
     vae_crop: int = 64
     vae_lr: float = 3e-4
-    vae_full_steps: int = 500  # then whole 128x128 images, so borders and the mid attention see the real size
+    vae_full_steps: int = 700  # then whole 128x128 images, so borders and the mid attention see the real size
     vae_full_batch: int = 4
     vae_full_lr: float = 2e-4
     hollow_share: float = 0.3  # of VAE training scenes (the LoRA draws outlines)
@@ -59,7 +60,7 @@ class TrainConfig:
     # slowed the colours down (mean colour error 26/255 instead of 8).
     mask_channel_weight: float = 0.1
     pool: int = 16384  # scenes encoded once for the UNet stage
-    unet_steps: int = 2400
+    unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 6e-4
     empty_caption: float = 0.1
