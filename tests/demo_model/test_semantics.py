@@ -20,9 +20,9 @@ from webui.demo_model.train import images_tensor, latent_cover
 from webui.engine.models.loading import load_checkpoint
 from webui.engine.pipelines import PipelineContext, generate
 from webui.engine.request import GenerationRequest
-from webui.paths import ModelLibrary
 from webui.presets import load_preset
-from webui.plugins.manager import ExtensionManager
+
+from ..extensions.helpers import load_builtin_extensions
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
@@ -52,19 +52,24 @@ def guided(demo):
     return images_for(demo)
 
 
+@pytest.fixture(scope="module")
+def guided_scores(guided):
+    return score(EVAL_SCENES, guided)
+
+
 def test_the_demo_model_is_an_sd1_checkpoint_within_25_mb(demo):
     assert demo.spec.family == "sd1" and demo.spec.prediction == "v"  # from the file's modelspec metadata
     assert CHECKPOINT.stat().st_size <= 25 * 1024 * 1024
 
 
-def test_colours_follow_the_prompt(guided):
-    scores = score(EVAL_SCENES, guided)
+def test_colours_follow_the_prompt(guided_scores):
+    scores = guided_scores
     print(f"\ndemo model at the preset's CFG {DEMO['cfg_scale']}: {scores}")
     assert scores.colours >= 0.9, scores
 
 
-def test_positions_follow_the_prompt(guided):
-    scores = score(EVAL_SCENES, guided)
+def test_positions_follow_the_prompt(guided_scores):
+    scores = guided_scores
     assert scores.positions >= 0.8, scores
 
 
@@ -79,10 +84,10 @@ def test_the_vae_keeps_the_shape_s_coverage_in_its_last_channel(demo):
     assert correlation > 0.8, correlation
 
 
-def test_classifier_free_guidance_matters(demo, guided):
+def test_classifier_free_guidance_matters(demo, guided_scores):
     """The preset's guidance against none (CFG 1): nothing judged gets worse, and the shapes' colours come
     clearly closer to the prompted ones. (Higher scales overshoot on this model: benchmarks/RESULTS.md.)"""
-    with_guidance = score(EVAL_SCENES, guided)
+    with_guidance = guided_scores
     without = score(EVAL_SCENES, images_for(demo, cfg_scale=1.0))
     print(f"\nCFG {DEMO['cfg_scale']}: {with_guidance}\nCFG 1: {without}")
     assert DEMO["cfg_scale"] > 1
@@ -139,12 +144,7 @@ def test_inpainting_changes_only_the_masked_half(demo):
 
 @pytest.fixture(scope="module")
 def lora_hooks(tmp_path_factory):
-    library = ModelLibrary(MODELS)
-    manager = ExtensionManager(builtin_dir=ROOT / "extensions" / "builtin", extensions_dir=None,
-                               data_dir=tmp_path_factory.mktemp("ext-data"), models_dir=MODELS,
-                               services={"model_names": library.names, "model_path": library.path})
-    manager.load()
-    return manager
+    return load_builtin_extensions(MODELS, tmp_path_factory.mktemp("ext-data"))
 
 
 def test_the_demo_lora_draws_outlines_and_weight_zero_is_a_no_op(demo, lora_hooks):

@@ -1,8 +1,6 @@
 """The demo model's training script: every stage runs, and what it writes is an ordinary SD 1.x
 checkpoint (with its tokenizer) and an ordinary kohya LoRA, read by the app's own loaders."""
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -12,10 +10,9 @@ from webui.demo_model.train import CHECKPOINT_NAME, LORA_NAME, TrainConfig, late
 from webui.engine.models.loading import load_checkpoint
 from webui.engine.pipelines import PipelineContext, generate
 from webui.engine.request import GenerationRequest
-from webui.paths import ModelLibrary
-from webui.plugins.manager import ExtensionManager
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..extensions.helpers import load_builtin_extensions
+
 TINY = TrainConfig(vae_steps=2, vae_full_steps=2, pool=64, unet_steps=3, unet_batch=4, snapshot_every=2, lora_steps=2)
 
 
@@ -58,11 +55,7 @@ def test_every_stage_writes_files_the_app_loads(tmp_path):
     assert len(bundle.text_encoder.tokenizer) == bundle.spec.text_encoder.vocab_size
     assert checkpoint.stat().st_size < 25 * 1024 * 1024
 
-    library = ModelLibrary(models)
-    manager = ExtensionManager(builtin_dir=ROOT / "extensions" / "builtin", extensions_dir=None,
-                               data_dir=tmp_path / "data", models_dir=models,
-                               services={"model_names": library.names, "model_path": library.path})
-    manager.load()
+    manager = load_builtin_extensions(models, tmp_path / "data")
     request = GenerationRequest(prompt=f"a red circle <lora:{LORA_NAME}:1>", width=64, height=64, steps=2, seed=1)
     result = generate(request, PipelineContext(bundle, hooks=manager.hooks_for_job()))
     assert not result.notices  # every layer of the LoRA file matched a layer of the model

@@ -2,8 +2,8 @@
 
 No learned judge: the background is the median of the image's border, the shape is every pixel far
 from it (less specks: parts under a quarter of the largest part; the demo VAE leaves a few off-colour
-pixels in the top-left corner, which would stretch the shape's box and pull its centroid), colours are the nearest palette entries and the position is the nearest anchor to the
-shape's centroid. `score` compares judgements with the scenes the prompts described.
+pixels in the top-left corner, which would stretch the shape's box and pull its centroid), colours are
+the nearest palette entries and the position is the nearest anchor to the shape's centroid. `score` compares judgements with the scenes the prompts described.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def score(scenes: Sequence[Scene], images: Sequence[Image.Image]) -> Scores:
     colours = [j.colour == s.colour and j.background == s.background for s, j in zip(scenes, judged)]
     positions = [j.position == s.position for s, j in zip(scenes, judged)]
     found = [j.colour is not None for j in judged]
-    errors = [np.linalg.norm(np.subtract(j.shape_rgb, PALETTE[s.colour])) for s, j in zip(scenes, judged) if j.shape_rgb]
+    errors = [np.linalg.norm(np.subtract(j.shape_rgb, PALETTE[s.colour]))
+              for s, j in zip(scenes, judged) if j.shape_rgb is not None]
     n = len(judged)
     return Scores(n, sum(colours) / n, sum(positions) / n, sum(found) / n, float(np.mean(errors)) if errors else np.inf)

@@ -122,8 +122,8 @@ def train_vae(cfg: TrainConfig, phase: str = "crops", vae: torch.nn.Module | Non
         batch = [scenes(int(rng.integers(2**31)), 1, style)[0] for style in styles]
         arrays, covers = [], []
         for scene in batch:
-            pixels = shape_mask(scene, size)
-            image, cover = render(scene, size, pixels), latent_cover(pixels)
+            coverage = shape_mask(scene, size)  # per pixel
+            image, cover = render(scene, size, coverage), latent_cover(coverage)
             y, x = rng.integers(0, size - crop + 1, size=2) // 8 * 8
             arrays.append(image[y : y + crop, x : x + crop])
             covers.append(cover[y // 8 : (y + crop) // 8, x // 8 : (x + crop) // 8])

@@ -3,8 +3,6 @@ extension, applied for the job only, written into the infotext and read back fro
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,12 +12,10 @@ from extensions.builtin.lora import parse_tags  # the extension's own module, im
 from webui.engine.pipelines import PipelineContext, generate
 from webui.engine.request import GenerationRequest
 from webui.outputs import parse_infotext
-from webui.paths import ModelLibrary
-from webui.plugins.manager import ExtensionManager
 
+from ...helpers import load_builtin_extensions
 from .conftest import all_params
 
-ROOT = Path(__file__).resolve().parents[4]
 
 
 @pytest.mark.parametrize("prompt, text, networks", [
@@ -47,11 +43,7 @@ def manager(tmp_path, sd1):
             torch.randn(attn.out_features, 4, generator=gen),
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.alpha": torch.tensor(4.0),
     }, str(models / "loras" / "style.safetensors"))
-    library = ModelLibrary(models)
-    result = ExtensionManager(builtin_dir=ROOT / "extensions" / "builtin", extensions_dir=None,
-                              data_dir=tmp_path / "data", models_dir=models,
-                              services={"model_names": library.names, "model_path": library.path})
-    result.load()
+    result = load_builtin_extensions(models, tmp_path / "data")
     assert {r.name: r.status for r in result.records}["lora"] == "loaded"
     return result
 

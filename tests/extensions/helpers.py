@@ -1,0 +1,20 @@
+"""Shared set-up for tests that run generations with the built-in extensions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from webui.paths import ModelLibrary
+from webui.plugins.manager import ExtensionManager
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_builtin_extensions(models_dir: Path, data_dir: Path) -> ExtensionManager:
+    """The built-in extensions, loaded, finding models by name in `models_dir` (as the app wires them)."""
+    library = ModelLibrary(models_dir)
+    manager = ExtensionManager(builtin_dir=ROOT / "extensions" / "builtin", extensions_dir=None,
+                               data_dir=data_dir, models_dir=models_dir,
+                               services={"model_names": library.names, "model_path": library.path})
+    manager.load()
+    return manager
