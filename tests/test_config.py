@@ -45,7 +45,10 @@ def test_help_documents_every_flag(capsys):
         parse_options(["--help"])
     text = capsys.readouterr().out
     for flag in ("--port", "--listen", "--share", "--auth", "--auth-file", "--models-dir", "--device", "--precision",
-                 "--lowvram", "--medvram", "--api", "--enable-insecure-extension-access", "--theme", "--insecure-no-auth"):
+                 "--lowvram", "--medvram", "--api", "--enable-insecure-extension-access", "--theme", "--insecure-no-auth",
+                 "--attention", "--attention-slice-size", "--offload", "--vae-tiling", "--vae-tile-size",
+                 "--unet-precision", "--text-encoder-precision", "--vae-precision", "--no-half-vae",
+                 "--channels-last", "--compile"):
         assert flag in text
 
 
@@ -53,8 +56,9 @@ def test_settings_persist_and_validate(tmp_path):
     path = tmp_path / "settings.json"
     store = SettingsStore(path)
     assert store.save({"preview_every": 5}) == ["Settings saved."]
-    notes = store.save({"precision": "fp16"})
-    assert notes == ["Compute precision: takes effect after a restart"]
+    notes = store.save({"device": "cuda"})
+    assert notes == ["Device (auto, cpu, cuda, cuda:N, mps): takes effect after a restart"]
+    assert store.save({"precision": "fp16"}) == ["Settings saved."]  # the next generation reloads the model
     assert json.loads(path.read_text())["preview_every"] == 5
     assert SettingsStore(path).current.precision == "fp16"
     with pytest.raises(RequestError, match="preview_every: 500 is not allowed"):

@@ -13,7 +13,7 @@ from webui.config import ConfigError, LaunchOptions, SettingsStore, parse_option
 
 def build_service(options: LaunchOptions):
     """Everything but the UI: models, settings, presets, the model store and the job queue."""
-    from webui.engine.memory.devices import choose_device, choose_dtype
+    from webui.engine.memory.devices import choose_device
     from webui.engine.models.store import ModelStore
     from webui.paths import ModelLibrary
     from webui.presets import load_presets
@@ -21,12 +21,12 @@ def build_service(options: LaunchOptions):
 
     settings = SettingsStore(options.settings_file)
     library = ModelLibrary(options.models_dir)
-    device_name = options.device if options.device != "auto" else settings.current.device
-    precision = options.precision if options.precision != "auto" else settings.current.precision
-    device = choose_device(device_name)
-    store = ModelStore(dtype=choose_dtype(precision, device), device=device)
+    device = choose_device(options.device if options.device != "auto" else settings.current.device)
     extensions = build_extensions(options, library)
-    return WebUIService(options, library, store, settings, load_presets(options.presets_dir), extensions)
+    service = WebUIService(options, library, ModelStore(), settings, load_presets(options.presets_dir), extensions,
+                           device=device)
+    print(f"Memory: {service.memory_policy().describe()}")
+    return service
 
 
 def build_extensions(options: LaunchOptions, library):
@@ -66,12 +66,9 @@ def launch(options: LaunchOptions, *, block: bool = True):
     if options.exposed and not options.auth:
         print("WARNING: running WITHOUT a login while exposed (--insecure-no-auth): anyone who can reach this "
               "address can use it.")
-    for flag, missing in ((options.lowvram or options.medvram, "--lowvram/--medvram: CPU offloading is not built yet; "
-                           "running without it"),
-                          (options.api, "--api: the AUTOMATIC1111-compatible REST API is not built yet; Gradio's own "
-                           "API is available (\"Use via API\" at the bottom of the page)")):
-        if flag:
-            print(f"Note: {missing}.")
+    if options.api:
+        print("Note: --api: the AUTOMATIC1111-compatible REST API is not built yet; Gradio's own API is available "
+              "(\"Use via API\" at the bottom of the page).")
     demo = build_ui(service)
     demo.queue(max_size=64, default_concurrency_limit=1)
     demo.launch(

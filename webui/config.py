@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from webui.engine.memory.attention import BACKENDS
+from webui.engine.memory.policy import OFFLOAD_MODES, VAE_TILING_MODES, VRAM_FLAGS
 from webui.engine.sampling.registry import SAMPLERS, SCHEDULES
 from webui.errors import RequestError
 from webui.ui.services import SettingSpec
@@ -36,6 +38,8 @@ class LaunchOptions:
     precision: str = "auto"
     lowvram: bool = False
     medvram: bool = False
+    # Memory flags: None = the Settings tab's value; a flag overrides the setting.
+    memory: tuple[tuple[str, Any], ...] = ()
     api: bool = False
     enable_insecure_extension_access: bool = False
     theme: str = "system"
@@ -77,8 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help='"auto" (GPU when there is one), "cpu", "cuda", "cuda:1", "mps"')
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="compute precision (auto: fp16 on GPUs, bf16 on CPUs with native bf16, else fp32)")
-    p.add_argument("--lowvram", action="store_true", help="smallest memory use, slowest (for GPUs with 2-4 GB)")
-    p.add_argument("--medvram", action="store_true", help="less memory use, a little slower (for GPUs with 4-6 GB)")
+    p.add_argument("--lowvram", action="store_true",
+                   help="smallest memory use, slowest: sequential offload (for GPUs with 2-4 GB)")
+    p.add_argument("--medvram", action="store_true",
+                   help="less memory use, a little slower: model offload (for GPUs with 4-6 GB)")
+    memory = p.add_argument_group("memory and speed (each overrides its Settings value)")
+    memory.add_argument("--attention", choices=BACKENDS,
+                        help="attention backend: sdpa (PyTorch's fused kernels), sliced (less memory), reference")
+    memory.add_argument("--attention-slice-size", type=int, metavar="N",
+                        help="query rows per slice for sliced attention (0: auto from a memory budget)")
+    memory.add_argument("--offload", choices=OFFLOAD_MODES,
+                        help="where weights wait between uses: none, model (only the network in use on the GPU), "
+                             "sequential (layer by layer), auto (from the free GPU memory)")
+    memory.add_argument("--vae-tiling", choices=VAE_TILING_MODES,
+                        help="tiled VAE: auto (when the image does not fit in memory, or after running out), on, off")
+    memory.add_argument("--vae-tile-size", type=int, metavar="PIXELS", help="VAE tile side in pixels (default 512)")
+    for component in ("unet", "text-encoder", "vae"):
+        memory.add_argument(f"--{component}-precision", choices=["auto", "fp32", "fp16", "bf16"],
+                            help=f"the {component.replace('-', ' ')}'s precision (auto: as --precision)")
+    memory.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32 (as --vae-precision fp32)")
+    memory.add_argument("--channels-last", action="store_true", default=None,
+                        help="UNet in channels-last memory format (faster on some GPUs)")
+    memory.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the UNet (needs a C++ compiler; the first step is slow)")
     p.add_argument("--api", action="store_true", help="also serve the REST API (Gradio's own API is always there)")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing/updating extensions even when the UI is exposed with --listen/--share")
@@ -107,16 +132,34 @@ def parse_auth(auth: str | None, auth_file: Path | None) -> tuple[tuple[str, str
     return tuple(logins)
 
 
+MEMORY_FLAGS = ("attention", "attention_slice_size", "offload", "vae_tiling", "vae_tile_size", "unet_precision",
+                "text_encoder_precision", "vae_precision", "channels_last", "compile")
+
+
+def memory_flags(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
+    """The memory settings given on the command line, as (setting name, value)."""
+    given = {name: getattr(args, name) for name in MEMORY_FLAGS if getattr(args, name) is not None}
+    if args.no_half_vae:
+        given["vae_precision"] = "fp32"
+    if args.lowvram or args.medvram:
+        given.setdefault("offload", VRAM_FLAGS["lowvram" if args.lowvram else "medvram"])
+    return tuple(given.items())
+
+
 def parse_options(argv: list[str] | None = None) -> LaunchOptions:
     args = build_parser().parse_args(argv)
     options = LaunchOptions(
         port=args.port, listen=args.listen, share=args.share, auth=parse_auth(args.auth, args.auth_file),
         insecure_no_auth=args.insecure_no_auth, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
         settings_file=args.settings_file, extensions_dir=args.extensions_dir, device=args.device, precision=args.precision, lowvram=args.lowvram,
-        medvram=args.medvram, api=args.api, enable_insecure_extension_access=args.enable_insecure_extension_access,
+        medvram=args.medvram, memory=memory_flags(args), api=args.api, enable_insecure_extension_access=args.enable_insecure_extension_access,
         theme=args.theme,
     )
     check_exposure(options)
+    try:
+        validate_settings(dict(options.memory), Settings())
+    except RequestError as exc:
+        raise ConfigError(f"--{exc.field.replace('_', '-')} {exc.value}: expected {exc.allowed}") from exc
     return options
 
 
@@ -142,8 +185,20 @@ class Settings:
     default_scheduler: str = "Automatic"
     device: str = "auto"
     precision: str = "auto"
+    # Memory and speed (webui.engine.memory.policy): applied from the next generation on.
+    unet_precision: str = "auto"
+    text_encoder_precision: str = "auto"
+    vae_precision: str = "auto"
+    attention: str = "sdpa"
+    attention_slice_size: int = 0  # 0: auto, from a memory budget
+    offload: str = "auto"
+    vae_tiling: str = "auto"
+    vae_tile_size: int = 512  # pixels
+    channels_last: bool = False
+    compile: bool = False
 
 
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("save_images", "Save every generated image to the outputs folder", "bool"),
     SettingSpec("prompt_in_filename", "Put the prompt in file names (00001-<seed>-<prompt>.png)", "bool"),
@@ -151,7 +206,26 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("default_sampler", "Default sampler", "choice", tuple(s.name for s in SAMPLERS)),
     SettingSpec("default_scheduler", "Default schedule type", "choice", SCHEDULES),
     SettingSpec("device", "Device (auto, cpu, cuda, cuda:N, mps)", "text", restart_required=True),
-    SettingSpec("precision", "Compute precision", "choice", ("auto", "fp32", "fp16", "bf16"), restart_required=True),
+    SettingSpec("precision", "Compute precision", "choice", PRECISION_CHOICES,
+                help="auto: fp16 on GPUs, bf16 on CPUs that compute it natively, else fp32"),
+    SettingSpec("unet_precision", "UNet precision", "choice", PRECISION_CHOICES, help="auto: as Compute precision"),
+    SettingSpec("text_encoder_precision", "Text encoder precision", "choice", PRECISION_CHOICES,
+                help="auto: as Compute precision"),
+    SettingSpec("vae_precision", "VAE precision", "choice", PRECISION_CHOICES,
+                help="auto: as Compute precision; an fp16 VAE that overflows is retried in fp32 by itself"),
+    SettingSpec("attention", "Attention", "choice", BACKENDS,
+                help="sdpa: PyTorch's fused kernels (fast, little memory); sliced: a slice of queries at a time "
+                     "(least memory); reference: plain fp32 (for checking)"),
+    SettingSpec("attention_slice_size", "Sliced attention: query rows per slice (0 = auto)", "int", minimum=0,
+                maximum=1 << 20),
+    SettingSpec("offload", "Offload", "choice", OFFLOAD_MODES,
+                help="none: all on the GPU; model: only the network in use (saves about the UNet's size); "
+                     "sequential: layer by layer (smallest, slowest); auto: from the free memory. No effect on CPU"),
+    SettingSpec("vae_tiling", "Tiled VAE", "choice", VAE_TILING_MODES,
+                help="auto: tiled when the image does not fit in memory, or after running out of memory"),
+    SettingSpec("vae_tile_size", "Tiled VAE: tile size in pixels", "int", minimum=128, maximum=4096),
+    SettingSpec("channels_last", "UNet in channels-last memory format", "bool"),
+    SettingSpec("compile", "torch.compile the UNet (slow first generation)", "bool"),
 )
 
 

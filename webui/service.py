@@ -11,9 +11,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
-from webui.config import SETTING_SPECS, LaunchOptions, SettingsStore
+from webui.config import MEMORY_FLAGS, SETTING_SPECS, LaunchOptions, SettingsStore
+from webui.engine.memory.devices import choose_dtypes
+from webui.engine.memory.policy import MemoryPolicy, policy_from_settings
 from webui.engine.models.embeddings import load_embedding
 from webui.engine.models.prompt_tokens import Embedding
 from webui.engine.models.store import ModelStore
@@ -49,15 +52,18 @@ class WebUIService:
         settings: SettingsStore,
         presets: dict[str, dict[str, Any]],
         extensions: ExtensionManager | None = None,
+        *,
+        device: torch.device | None = None,
     ) -> None:
         self.options = options
+        self.device = device or torch.device("cpu")
         self.manager = extensions
         self.library = library
         self.store = store
         self.settings_store = settings
         self._presets = presets
         # The refiner (SDXL's second model) is held beside the main model only while requests use one.
-        self.refiner_store = ModelStore(dtype=store.dtype, device=store.device)
+        self.refiner_store = ModelStore()
         self.jobs = JobQueue(self._run)
         self._embeddings: dict[Path, tuple[float, Embedding | None]] = {}  # path -> (mtime, embedding)
 
@@ -161,12 +167,22 @@ class WebUIService:
     def skip(self, owner: str, job_id: str) -> None:
         self.jobs.get(owner, job_id).cancel.skip()
 
+    def memory_policy(self) -> MemoryPolicy:
+        """The memory policy from Settings, with the launch flags' values over them."""
+        settings = self.settings_store.current
+        values = {name: getattr(settings, name) for name in MEMORY_FLAGS} | dict(self.options.memory)
+        precision = self.options.precision if self.options.precision != "auto" else settings.precision
+        dtypes = choose_dtypes(self.device, precision, values.pop("unet_precision"), values.pop("text_encoder_precision"),
+                               values.pop("vae_precision"))
+        return policy_from_settings(self.device, dtypes, **values)
+
     def _run(self, job: Job) -> None:
         request, checkpoint_path, vae_path, refiner_path = job.payload
         job.phase = "loading model"
-        bundle = self.store.load(checkpoint_path, vae_path=vae_path)
+        policy = self.memory_policy()
+        bundle = self.store.load(checkpoint_path, vae_path=vae_path, policy=policy)
         if refiner_path is not None:
-            refiner = self.refiner_store.load(refiner_path)
+            refiner = self.refiner_store.load(refiner_path, policy=policy)
         else:
             refiner = None
             self.refiner_store.unload()
@@ -183,7 +199,7 @@ class WebUIService:
         output_dir = self.options.outputs_dir / f"{request.mode}-images" if settings.save_images else None
         hooks = self.manager.hooks_for_job() if self.manager is not None else None
         ctx = PipelineContext(bundle, model_name=checkpoint_path.stem, on_progress=on_progress, cancel=job.cancel,
-                              output_dir=output_dir, refiner=refiner, embeddings=self._load_embeddings(),
+                              output_dir=output_dir, refiner=refiner, embeddings=self._load_embeddings(), memory=policy,
                               **({"hooks": hooks} if hooks is not None else {}))
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)

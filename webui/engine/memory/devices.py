@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,3 +46,27 @@ def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type in ("cuda", "mps"):
         return torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+@dataclass(frozen=True)
+class ComponentDtypes:
+    """The dtype each network is loaded and run in."""
+
+    unet: torch.dtype = torch.float32
+    text_encoder: torch.dtype = torch.float32
+    vae: torch.dtype = torch.float32
+
+    @classmethod
+    def all(cls, dtype: torch.dtype) -> ComponentDtypes:
+        return cls(dtype, dtype, dtype)
+
+
+def choose_dtypes(device: torch.device, precision: str = "auto", unet: str = "auto", text_encoder: str = "auto",
+                  vae: str = "auto") -> ComponentDtypes:
+    """Each component's dtype: its own setting when not "auto", else the overall `precision`'s choice.
+
+    On CPUs without native bf16 (see `cpu_has_native_bf16`) "auto" is fp32 everywhere: bf16 would only
+    save memory there, at 3-4x the time. The fp16 VAE's overflow is caught at decode (fp32 retry).
+    """
+    base = choose_dtype(precision, device)
+    return ComponentDtypes(*(base if name == "auto" else PRECISIONS[name] for name in (unet, text_encoder, vae)))

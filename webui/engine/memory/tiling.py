@@ -12,10 +12,21 @@ see the tile instead of the whole image. Tests state the measured bound.
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 from torch import nn
+
+from .estimate import OVERHEAD, vae_decode_bytes, vae_encode_bytes
+from .oom import OutOfMemory, detach, free_memory, out_of_memory_at, size_detail
+from .policy import free_device_bytes
+
+if TYPE_CHECKING:
+    from .policy import MemoryPolicy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def vae_downscale(vae: nn.Module) -> int:
@@ -115,3 +126,85 @@ def tiled_encode(vae: nn.Module, x: torch.Tensor, tile: int = 512, overlap: int 
     both = _tiled(run, x, tile // f, overlap // f, in_unit=f, out_unit=1)
     mean, logvar = both.chunk(2, dim=1)
     return mean, logvar
+
+
+# --- Within the memory policy: whole or tiled, and tiled after running out of memory -----------------
+
+
+def decode_tile(policy: MemoryPolicy, vae: nn.Module, z: torch.Tensor) -> int | None:
+    """The tile side (latents) to decode `z` with under `policy`, or None for one piece: "on" always
+    tiles, "off" never, "auto" tiles when the estimated peak exceeds the device's free memory."""
+    if policy.vae_tiling != "auto":
+        return policy.vae_tile if policy.vae_tiling == "on" else None
+    b, _, h, w = z.shape
+    need = vae_decode_bytes(vae.config, b, h, w, vae.dtype, policy.attention) * OVERHEAD
+    return policy.vae_tile if _exceeds_free(need, z.device) else None
+
+
+def encode_tile(policy: MemoryPolicy, vae: nn.Module, x: torch.Tensor) -> int | None:
+    """As `decode_tile`, for encoding the image `x`; the tile side is in latents too."""
+    if policy.vae_tiling != "auto":
+        return policy.vae_tile if policy.vae_tiling == "on" else None
+    b, _, h, w = x.shape
+    need = vae_encode_bytes(vae.config, b, h, w, vae.dtype, policy.attention) * OVERHEAD
+    return policy.vae_tile if _exceeds_free(need, x.device) else None
+
+
+def _exceeds_free(need: float, device: torch.device) -> bool:
+    free = free_device_bytes(device)
+    return free is not None and need > free
+
+
+def decode_within(policy: MemoryPolicy, vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(z)`, tiled when the policy says so; with "auto", out of memory retries tiled with
+    ever smaller tiles (down to 8 latents) before it gives up with `OutOfMemory` at "VAE decode"."""
+    f = vae_downscale(vae)
+    detail = size_detail(z.shape[-1] * f, z.shape[-2] * f, z.shape[0])
+
+    def run(tile: int | None) -> torch.Tensor:
+        return vae.decode(z) if tile is None else tiled_decode(vae, z, tile, min(policy.vae_tile_overlap, tile // 4))
+
+    return _with_smaller_tiles(policy, run, decode_tile(policy, vae, z), max(z.shape[-2:]), "VAE decode", detail)
+
+
+def encode_within(policy: MemoryPolicy, vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`vae.encode(x)`, tiled as `decode_within` decides (tile sizes in latents), at "VAE encode"."""
+    f = vae_downscale(vae)
+    detail = size_detail(x.shape[-1], x.shape[-2], x.shape[0])
+
+    def run(tile: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if tile is None:
+            return vae.encode(x)
+        return tiled_encode(vae, x, tile * f, min(policy.vae_tile_overlap, tile // 4) * f)
+
+    return _with_smaller_tiles(policy, run, encode_tile(policy, vae, x), max(x.shape[-2:]) // f, "VAE encode", detail)
+
+
+def _tile_sizes(policy: MemoryPolicy, first: int | None, extent: int) -> list[int | None]:
+    """`first`, then (unless tiling is off) ever smaller tiles to retry with, down to 8 latents;
+    tiles that cover the whole `extent` (latents) are left out: they would decode it in one piece again."""
+    sizes = [first]
+    if policy.vae_tiling != "off":
+        tile = policy.vae_tile if first is None else first // 2
+        while tile >= 8:
+            if tile < extent:
+                sizes.append(tile)
+            tile //= 2
+    return sizes
+
+
+def _with_smaller_tiles(policy: MemoryPolicy, run: Callable[[int | None], T], first: int | None, extent: int,
+                        stage: str, detail: str) -> T:
+    sizes = _tile_sizes(policy, first, extent)
+    for size, retry in zip(sizes, [*sizes[1:], None]):
+        try:
+            with out_of_memory_at(stage, detail):
+                return run(size)
+        except OutOfMemory as exc:
+            if retry is None:
+                raise
+            detach(exc)
+        free_memory()
+        log.warning("out of memory at %s (%s) with %s; retrying with %d-latent tiles", stage, detail,
+                    "the whole image" if size is None else f"{size}-latent tiles", retry)
+    raise AssertionError("unreachable: the last size raises")

@@ -23,6 +23,8 @@ from torch import nn
 
 from webui.errors import ModelLoadError
 
+from ..memory.devices import ComponentDtypes
+from ..memory.offload import Placement
 from .checkpoint_file import CheckpointFile, open_checkpoint
 from .detection import UNET_PREFIX, VAE_PREFIX, detect_model_spec, infer_vae_config, with_heads
 from .specs import ModelSpec, Prediction, TextEncoderConfig
@@ -42,8 +44,10 @@ class ModelBundle:
     text_encoder: SDTextEncoder | SDXLTextEncoder
     path: Path
     vae_path: Path | None
-    dtype: torch.dtype
-    device: torch.device
+    dtype: torch.dtype  # the UNet's
+    device: torch.device  # where the networks compute (with offloading, their weights wait on the CPU)
+    # Where the networks' weights sit between uses; `memory.policy.apply_policy` sets it up.
+    placement: Placement | None = field(default=None, repr=False)
     _hashes: dict[Path, str] = field(default_factory=dict, repr=False)
 
     def file_hash(self, which: str = "checkpoint") -> str | None:
@@ -70,38 +74,39 @@ def load_checkpoint(
     path: str | Path,
     *,
     vae_path: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | ComponentDtypes = torch.float32,
     device: torch.device | str = "cpu",
     prediction: Prediction | None = None,
     use_ema: bool = False,
     config_path: str | Path | None = None,
 ) -> ModelBundle:
-    """Load a checkpoint's UNet, VAE and text encoder in `dtype` on `device`.
+    """Load a checkpoint's UNet, VAE and text encoder in `dtype` (one for all, or one each) on `device`.
 
     `vae_path` replaces the checkpoint's VAE; `prediction` ("eps" or "v") overrides the detected
     prediction type; `use_ema` takes the UNet from the file's `model_ema.*` weights; `config_path` is
     an LDM config .yaml (by default a same-name .yaml beside the checkpoint is used when present).
     """
     path, device = Path(path), torch.device(device)
+    dtypes = dtype if isinstance(dtype, ComponentDtypes) else ComponentDtypes.all(dtype)
     yaml_config = _read_yaml_config(path, config_path)
     with open_checkpoint(path) as f:
         spec = _spec_for(f, yaml_config)
         unet_names = _ema_unet_names(f) if use_ema else _component(f, UNET_PREFIX)
-        unet = _build(UNetModel, spec.unet, f, unet_names, dtype, device)
+        unet = _build(UNetModel, spec.unet, f, unet_names, dtypes.unet, device)
         tokenizer_folder = path.with_name(path.stem + ".tokenizer")
         encoders = [
-            _text_encoder(f, cfg, dtype, device, tokenizer_folder if tokenizer_folder.is_dir() else None)
+            _text_encoder(f, cfg, dtypes.text_encoder, device, tokenizer_folder if tokenizer_folder.is_dir() else None)
             for cfg in spec.text_encoders
         ]
         text_encoder = SDXLTextEncoder(encoders) if spec.is_sdxl else encoders[0]
         if vae_path is None:
-            vae = _build(AutoencoderKL, spec.vae, f, _component(f, VAE_PREFIX), dtype, device)
+            vae = _build(AutoencoderKL, spec.vae, f, _component(f, VAE_PREFIX), dtypes.vae, device)
     if vae_path is not None:
-        vae = load_vae(vae_path, dtype=dtype, device=device)
+        vae = load_vae(vae_path, dtype=dtypes.vae, device=device)
         spec = replace(spec, vae=replace(vae.config, scale_factor=spec.vae.scale_factor))
         vae.config = spec.vae
     spec = _decide_prediction(spec, prediction, yaml_config, f.metadata, f.shapes, unet)
-    return ModelBundle(spec, unet, vae, text_encoder, path, Path(vae_path) if vae_path else None, dtype, device)
+    return ModelBundle(spec, unet, vae, text_encoder, path, Path(vae_path) if vae_path else None, dtypes.unet, device)
 
 
 def _text_encoder(

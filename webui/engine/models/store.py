@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from webui.errors import WebUIError
 
+from ..memory.devices import ComponentDtypes
+from ..memory.estimate import module_bytes, unet_activation_bytes
+from ..memory.policy import MemoryPolicy, apply_policy, free_device_bytes, resolve_offload
 from .checkpoint_file import open_checkpoint
 from .loading import ModelBundle, inspect_checkpoint, load_checkpoint
 from .specs import Prediction
@@ -21,6 +24,11 @@ class _Request:
     vae_path: Path | None
     prediction: Prediction | None
     use_ema: bool
+    # What loading fixes: changing one of these loads the model again (the rest of the policy applies live).
+    device: torch.device
+    dtypes: ComponentDtypes
+    channels_last: bool
+    compile: bool
 
 
 class ModelStore:
@@ -30,13 +38,17 @@ class ModelStore:
     model (two SDXL-sized models do not fit small GPUs). Files are checked from their headers first,
     so most bad files fail while the previous model is still loaded; if a load fails later, the
     previous model is loaded again and stays usable.
+
+    Each load takes the memory policy of the job (default: the store's); the networks' dtypes,
+    device, channels-last and compile are fixed at load (a change reloads), the attention backend
+    and offload mode are applied to the loaded bundle every time.
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
-        self.dtype = dtype
-        self.device = torch.device(device)
+    def __init__(self, policy: MemoryPolicy | None = None) -> None:
+        self.policy = policy or MemoryPolicy()
         self._bundle: ModelBundle | None = None
         self._request: _Request | None = None
+        self._offload: str = "none"  # the loaded bundle's offload mode, "auto" resolved
 
     @property
     def current(self) -> ModelBundle | None:
@@ -49,10 +61,14 @@ class ModelStore:
         vae_path: str | Path | None = None,
         prediction: Prediction | None = None,
         use_ema: bool = False,
+        policy: MemoryPolicy | None = None,
     ) -> ModelBundle:
-        """The bundle for this checkpoint (and VAE), reusing the loaded one when it is the same."""
-        request = _Request(Path(path).resolve(), Path(vae_path).resolve() if vae_path else None, prediction, use_ema)
+        """The bundle for this checkpoint (and VAE) under `policy`, reusing the loaded one when it is the same."""
+        policy = policy or self.policy
+        request = _Request(Path(path).resolve(), Path(vae_path).resolve() if vae_path else None, prediction, use_ema,
+                           policy.device, policy.dtypes, policy.channels_last, policy.compile)
         if self._bundle is not None and request == self._request:
+            self._place(policy)
             return self._bundle
         inspect_checkpoint(request.path)  # raises for a bad checkpoint while the current model stays loaded
         if request.vae_path is not None:
@@ -60,29 +76,56 @@ class ModelStore:
         previous = self._request
         self.unload()
         try:
-            self._bundle = self._load(request)
+            self._bundle = self._load(request, policy)
         except WebUIError:
             if previous is not None:
-                self._bundle = self._load(previous)
+                self._bundle = self._load(previous, self.policy)
                 self._request = previous
+                self._place(self.policy)
             raise
         self._request = request
+        self._offload = self._resolve_offload(policy)
+        self._place(policy)
         return self._bundle
+
+    def _place(self, policy: MemoryPolicy) -> None:
+        apply_policy(self._bundle, replace(policy, offload=self._offload if policy.offload == "auto" else policy.offload))
+
+    def _resolve_offload(self, policy: MemoryPolicy) -> str:
+        """"auto": the lightest offload mode under which the model and a generation at its native size fit."""
+        if policy.offload != "auto" or not policy.can_offload:
+            return policy.offload if policy.can_offload else "none"
+        bundle = self._bundle
+        sizes = {"unet": module_bytes(bundle.unet), "text_encoder": module_bytes(bundle.text_encoder),
+                 "vae": module_bytes(bundle.vae)}
+        native = 128 if bundle.spec.is_sdxl else 64  # latents: 1024 or 512 pixels
+        activations = unet_activation_bytes(bundle.spec.unet, 2, native, native, 77, policy.dtypes.unet, policy.attention)
+        return resolve_offload(policy, sizes, free_device_bytes(policy.device), activations)
 
     def unload(self) -> None:
         """Drop the loaded bundle and return its memory."""
         self._bundle = None
         self._request = None
+        self._offload = "none"
         gc.collect()
-        if self.device.type == "cuda":
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _load(self, request: _Request) -> ModelBundle:
-        return load_checkpoint(
+    def _load(self, request: _Request, policy: MemoryPolicy) -> ModelBundle:
+        # With offloading (or "auto", until it is resolved) the weights arrive in CPU memory first, so
+        # that a model bigger than the device's memory still loads.
+        offloaded = policy.can_offload and policy.offload != "none"
+        bundle = load_checkpoint(
             request.path,
             vae_path=request.vae_path,
-            dtype=self.dtype,
-            device=self.device,
+            dtype=request.dtypes,
+            device=torch.device("cpu") if offloaded else request.device,
             prediction=request.prediction,
             use_ema=request.use_ema,
         )
+        bundle.device = request.device
+        if request.channels_last:
+            bundle.unet.to(memory_format=torch.channels_last)
+        if request.compile:
+            bundle.unet.compile()
+        return bundle

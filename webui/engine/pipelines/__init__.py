@@ -1,12 +1,16 @@
 """Generation pipelines, one function per mode, each written as numbered steps.
 
-`generate(request, ctx)` picks the pipeline from the request (txt2img, img2img, inpaint, outpaint).
+`generate(request, ctx)` picks the pipeline from the request (txt2img, img2img, inpaint, outpaint),
+and runs it again with stronger memory savers when it runs out of memory.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
+from ..memory.oom import OutOfMemory, detach, free_memory
+from ..memory.policy import apply_policy
 from ..patching import patched
 from ..request import GenerationRequest
 from .context import CancelToken, GenerationResult, PipelineContext, ProgressEvent
@@ -17,7 +21,45 @@ from .txt2img import txt2img
 PIPELINES = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "outpaint": outpaint}
 
 
+log = logging.getLogger(__name__)
+
+
 def generate(request: GenerationRequest, ctx: PipelineContext) -> GenerationResult:
+    """Run the request's pipeline; when it runs out of memory, free what the attempt held and run it
+    again under each of the policy's fallbacks in turn (`MemoryPolicy.fallbacks`: tiled VAE, sliced
+    attention, offloading), for this job only. If the last one fails too, its `OutOfMemory` (which
+    says where and what to change) is raised; the model stays loaded, back under the job's policy."""
+    outcome = _attempt(request, ctx)
+    if isinstance(outcome, GenerationResult):
+        return outcome
+    first, used = outcome, []
+    try:
+        for name, policy in ctx.memory.fallbacks(first.stage):
+            log.warning("%s; retrying with %s", outcome, name)
+            used.append(name)
+            apply_policy(ctx.bundle, policy)
+            outcome = _attempt(request, replace(ctx, memory=policy))
+            if isinstance(outcome, GenerationResult):
+                outcome.notices.append(f"Ran out of memory at {first.stage}; finished with {', '.join(used)}. "
+                                       "Set them in Settings (Memory) to skip the failed attempt next time.")
+                return outcome
+    finally:
+        apply_policy(ctx.bundle, ctx.memory)
+    raise outcome
+
+
+def _attempt(request: GenerationRequest, ctx: PipelineContext) -> GenerationResult | OutOfMemory:
+    """One run of the job. Out of memory is returned, not raised, once its traceback (the attempt's
+    frames and the tensors they hold) is dropped and the memory freed."""
+    try:
+        return _generate(request, ctx)
+    except OutOfMemory as exc:
+        failure = detach(exc)
+    free_memory()  # after the except block, and once `detach` has let go of the attempt's frames
+    return failure
+
+
+def _generate(request: GenerationRequest, ctx: PipelineContext) -> GenerationResult:
     """Run the request's pipeline, with what the extensions add: the request as they rewrite it, and
     their weight patches applied for this job only (the base weights are restored exactly after)."""
     hooks = ctx.hooks

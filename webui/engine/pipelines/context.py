@@ -12,6 +12,8 @@ from PIL import Image
 
 from webui.errors import Interrupted, Skipped
 
+from ..memory.devices import ComponentDtypes
+from ..memory.policy import MemoryPolicy
 from ..models.loading import ModelBundle
 from ..models.prompt_tokens import Embedding
 from ..request import GenerationRequest
@@ -71,10 +73,16 @@ class PipelineContext:
     embeddings: tuple[Embedding, ...] = ()  # textual-inversion embeddings usable in prompts by name
     # The request as the user sent it, before extensions rewrote it: its prompts go into the infotext.
     original_request: GenerationRequest | None = None
+    # How this job uses memory (VAE tiling, attention, offload); default: the bundle as loaded, tiling on demand.
+    memory: MemoryPolicy | None = None
 
     def __post_init__(self) -> None:
         if not self.model_name:
             self.model_name = self.bundle.path.stem
+        if self.memory is None:
+            b = self.bundle
+            self.memory = MemoryPolicy(device=b.device, dtypes=ComponentDtypes(b.dtype, b.text_encoder.dtype,
+                                                                               b.vae.dtype))
 
 
 @dataclass

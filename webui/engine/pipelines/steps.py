@@ -12,6 +12,8 @@ from PIL import Image
 
 from webui.errors import RequestError
 
+from ..memory.oom import out_of_memory_at, size_detail
+from ..memory.tiling import decode_within, encode_within
 from ..models.loading import ModelBundle
 from ..preview import latent_preview
 from ..request import GenerationRequest
@@ -92,7 +94,8 @@ def encode_prompts(
     embeddings = te.embedding_index(ctx.embeddings) if ctx.embeddings else None
     texts = list(dict.fromkeys([*positive.texts(), *negative.texts()]))
     try:  # one batch: every text padded to the longest one's chunk count
-        context, pooled = te.encode_pieces(texts, request.clip_skip, embeddings=embeddings)
+        with out_of_memory_at("text encoding", f"{len(texts)} texts"):
+            context, pooled = te.encode_pieces(texts, request.clip_skip, embeddings=embeddings)
     except ValueError as exc:  # clip skip beyond this model's layers
         raise RequestError("clip_skip", request.clip_skip, str(exc)) from exc
 
@@ -213,7 +216,10 @@ def sample(
         if ctx.on_progress is not None:
             ctx.on_progress(event)
 
-    x = function(model, x, sigmas.to(x.device), callback=callback, **options)
+    f = ctx.bundle.spec.vae.downscale
+    stage = "hires sampling" if phase == "hires" else "sampling"
+    with out_of_memory_at(stage, size_detail(x.shape[-1] * f, x.shape[-2] * f, x.shape[0])):
+        x = function(model, x, sigmas.to(x.device), callback=callback, **options)
     if info.timestep_sampler:  # they end at sigma_min, in the network's space: x_t = x / sqrt(1 + sigma^2)
         x = x / (1.0 + sigmas[-1].item() ** 2) ** 0.5
     return x
@@ -236,18 +242,20 @@ def decode_pixels(ctx: PipelineContext, latents: torch.Tensor) -> torch.Tensor:
 
     fp16 VAEs can overflow (the SDXL VAE notably does): when an fp16 decode gives NaN or Inf, it is
     decoded again in fp32 (the VAE is converted for that call and back; fp16 -> fp32 -> fp16 is exact).
+    Decoded whole or in tiles as the job's memory policy decides (`memory.tiling.decode_within`).
     """
     vae = ctx.bundle.vae
     z = latents / ctx.bundle.spec.vae.scale_factor
     with torch.inference_mode():
-        pixels = vae.decode(z.to(vae.dtype))
+        pixels = decode_within(ctx.memory, vae, z.to(vae.dtype))
         if vae.dtype != torch.float16 or torch.isfinite(pixels).all():
             return pixels
+        del pixels
     log.warning("the fp16 VAE decode overflowed (NaN/Inf); decoding this batch again in fp32")
     try:
         vae.float()  # outside inference mode, so the converted weights stay ordinary tensors
         with torch.inference_mode():
-            return vae.decode(z.float())
+            return decode_within(ctx.memory, vae, z.float())
     finally:
         vae.half()
 
@@ -256,12 +264,12 @@ def encode(ctx: PipelineContext, image: Image.Image | torch.Tensor) -> torch.Ten
     """An image (or (B, 3, H, W) tensor in [-1, 1]) -> scaled latents, (B, 4, H/8, W/8).
 
     The posterior mean is used (deterministic, as ComfyUI does); A1111 samples the posterior with an
-    unseeded RNG, which makes img2img differ between runs.
+    unseeded RNG, which makes img2img differ between runs. Tiled as the memory policy decides.
     """
     vae = ctx.bundle.vae
     pixels = to_tensor(image) if isinstance(image, Image.Image) else image
     with torch.inference_mode():
-        mean, _ = vae.encode(pixels.to(device=ctx.bundle.device, dtype=vae.dtype))
+        mean, _ = encode_within(ctx.memory, vae, pixels.to(device=ctx.bundle.device, dtype=vae.dtype))
     return mean.float() * ctx.bundle.spec.vae.scale_factor
 
 

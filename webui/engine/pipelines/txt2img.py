@@ -6,6 +6,7 @@ import torch
 
 from webui.errors import Interrupted, RequestError, Skipped
 
+from ..memory.oom import out_of_memory_at, size_detail
 from ..request import GenerationRequest
 from ..sampling.noise import ImageRNG
 from .context import GenerationResult, PipelineContext
@@ -80,7 +81,8 @@ def hires_pass(ctx, request, latents, seeds, subseeds, cond, uncond, batch) -> t
     if width > 4096 or height > 4096:
         raise RequestError("hr_scale", request.hr_scale, f"a scale that keeps the image within 4096x4096 (gives {width}x{height})")
     if request.hr_upscaler.startswith("Latent"):
-        upscaled = upscale_latents(latents, width, height, request.hr_upscaler)
+        with out_of_memory_at("hires upscale", size_detail(width, height, latents.shape[0])):
+            upscaled = upscale_latents(latents, width, height, request.hr_upscaler)
     else:  # pixel upscalers: decode, resize, encode again
         resample = {"Lanczos": 1, "Nearest": 0}[request.hr_upscaler]
         images = [im.resize((width, height), resample) for im in decode(ctx, latents)]
