@@ -131,9 +131,16 @@ def test_a_setting_is_persisted(app, page):
     root, _ = app
     page.get_by_role("tab", name="Settings").click()
     set_number(page, "setting_preview_every", 3)
+    for name, value in (("attention", "sliced"), ("vae_tiling", "on")):  # the memory settings
+        choice = page.locator(f"#setting_{name} input")
+        choice.click()
+        choice.fill(value)  # filters the options; Enter picks the match
+        choice.press("Enter")
+        expect(choice).to_have_value(value)
     page.locator("#settings_apply").click()
     expect(page.locator("#settings_result")).to_contain_text("Settings saved")
-    assert json.loads((root / "settings.json").read_text())["preview_every"] == 3
+    saved = json.loads((root / "settings.json").read_text())
+    assert (saved["preview_every"], saved["attention"], saved["vae_tiling"]) == (3, "sliced", "on")
     shot(page, "real_settings")
 
 

@@ -1,10 +1,12 @@
 """The app's service on a tiny model: validation before queueing, owners, progress, PNG info, interrupt."""
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -173,3 +175,25 @@ def test_the_demo_model_is_the_default_and_sets_the_starting_values_only_when_al
         assert empty.default_checkpoint() is None and empty.initial_values() == {}
     finally:
         empty.jobs.stop()
+
+
+def test_memory_settings_apply_to_the_next_job_and_flags_override_them(tmp_path):
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    save_file(make_checkpoint(Recipe("sd1"), seed=1), str(tmp_path / "models" / "checkpoints" / "tiny.safetensors"))
+    service = build_service(LaunchOptions(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                                          settings_file=tmp_path / "s.json", extensions_dir=tmp_path / "extensions",
+                                          precision="fp32"))
+    try:
+        service.save_settings({"attention": "sliced", "vae_precision": "bf16", "vae_tiling": "on"})
+        status = wait(service, "ann", service.submit("ann", "tiny.safetensors", None, dict(SMALL)))
+        assert status.state == "done", status.error
+        bundle = service.store.current
+        assert bundle.vae.dtype == torch.bfloat16 and bundle.unet.dtype == torch.float32  # reloaded per network
+        assert {m.attention_config.backend for m in bundle.unet.modules() if hasattr(m, "attention_config")} == {"sliced"}
+        flagged = replace(service.options, memory=(("attention", "reference"), ("vae_precision", "fp32")))
+        service.options = flagged
+        policy = service.memory_policy()
+        assert policy.attention.backend == "reference" and policy.dtypes.vae == torch.float32
+        assert policy.vae_tiling == "on"  # from Settings: no flag given
+    finally:
+        service.jobs.stop()

@@ -75,6 +75,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
               slice_size: int | None = None, budget_bytes: int = DEFAULT_SLICE_BUDGET_BYTES) -> torch.Tensor:
     """Scaled dot-product attention of (B, heads, N, d) tensors with the named backend."""
     if backend == "sdpa":
+        # PyTorch's CPU kernel takes its fused (flash) path only for a unit last-dim stride; otherwise it
+        # falls back to the math path, which holds the whole (N x M) score matrix (1 GiB for a 1024px VAE).
+        if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return F.scaled_dot_product_attention(q, k, v)
     if backend == "sliced":
         return sliced_attention(q, k, v, slice_size, budget_bytes)

@@ -13,12 +13,13 @@ see the tile instead of the whole image. Tests state the measured bound.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 from torch import nn
 
-from .estimate import OVERHEAD, vae_decode_bytes, vae_encode_bytes
+from .estimate import vae_decode_bytes, vae_encode_bytes
 from .oom import OutOfMemory, detach, free_memory, out_of_memory_at, size_detail
 from .policy import free_device_bytes
 
@@ -43,6 +44,16 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return starts
+
+
+def balanced_tile(length: int, tile: int, overlap: int) -> int:
+    """The smallest tile side that still covers `length` with as many tiles as `tile` would need:
+    equal tiles spread evenly do the same job as full-size tiles with the last one pushed back over its
+    neighbour, with less work (at 1024 px, 54-latent tiles instead of 64: 30% less)."""
+    if length <= tile:
+        return length
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return math.ceil((length + (count - 1) * overlap) / count)
 
 
 def _rise(length: int) -> torch.Tensor:
@@ -89,7 +100,7 @@ def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: in
     gh, gw = h_in // in_unit, w_in // in_unit
     if gh <= tile and gw <= tile:
         return fn(x)
-    th, tw = min(tile, gh), min(tile, gw)
+    th, tw = balanced_tile(gh, tile, overlap), balanced_tile(gw, tile, overlap)
     ys, xs = tile_starts(gh, th, min(overlap, th - 1)), tile_starts(gw, tw, min(overlap, tw - 1))
     wy, wx = _axis_weights(ys, th, out_unit), _axis_weights(xs, tw, out_unit)
     out = weight_sum = None
@@ -137,7 +148,7 @@ def decode_tile(policy: MemoryPolicy, vae: nn.Module, z: torch.Tensor) -> int | 
     if policy.vae_tiling != "auto":
         return policy.vae_tile if policy.vae_tiling == "on" else None
     b, _, h, w = z.shape
-    need = vae_decode_bytes(vae.config, b, h, w, vae.dtype, policy.attention) * OVERHEAD
+    need = vae_decode_bytes(vae.config, b, h, w, vae.dtype, policy.attention)
     return policy.vae_tile if _exceeds_free(need, z.device) else None
 
 
@@ -146,7 +157,7 @@ def encode_tile(policy: MemoryPolicy, vae: nn.Module, x: torch.Tensor) -> int | 
     if policy.vae_tiling != "auto":
         return policy.vae_tile if policy.vae_tiling == "on" else None
     b, _, h, w = x.shape
-    need = vae_encode_bytes(vae.config, b, h, w, vae.dtype, policy.attention) * OVERHEAD
+    need = vae_encode_bytes(vae.config, b, h, w, vae.dtype, policy.attention)
     return policy.vae_tile if _exceeds_free(need, x.device) else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from ..memory.estimate import plan_offload
 from ..memory.oom import OutOfMemory, detach, free_memory
 from ..memory.policy import apply_policy
 from ..patching import patched
@@ -25,10 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def generate(request: GenerationRequest, ctx: PipelineContext) -> GenerationResult:
-    """Run the request's pipeline; when it runs out of memory, free what the attempt held and run it
+    """Run the request's pipeline, with an "auto" offload mode chosen from its estimated peak memory
+    (`memory.estimate.plan_offload`); when it runs out of memory, free what the attempt held and run it
     again under each of the policy's fallbacks in turn (`MemoryPolicy.fallbacks`: tiled VAE, sliced
     attention, offloading), for this job only. If the last one fails too, its `OutOfMemory` (which
     says where and what to change) is raised; the model stays loaded, back under the job's policy."""
+    planned = plan_offload(ctx.bundle, ctx.memory, request.width, request.height, request.batch_size)
+    if planned is not ctx.memory:  # "auto" offloading, decided for this job's size before it runs
+        apply_policy(ctx.bundle, planned)
+        ctx = replace(ctx, memory=planned)
     outcome = _attempt(request, ctx)
     if isinstance(outcome, GenerationResult):
         return outcome
