@@ -7,6 +7,7 @@ import weakref
 import pytest
 import torch
 
+from webui.engine.memory.attention import AttentionConfig
 from webui.engine.memory.oom import OutOfMemory, is_out_of_memory
 from webui.engine.memory.policy import MemoryPolicy
 from webui.engine.pipelines import PipelineContext, generate
@@ -37,29 +38,43 @@ def backends(bundle):
     return {m.attention_config.backend for m in bundle.unet.modules() if hasattr(m, "attention_config")}
 
 
-def test_unet_out_of_memory_retries_with_sliced_attention(tiny_sd1, monkeypatch):
-    expected = generate(REQUEST, PipelineContext(tiny_sd1)).images[0]
+def test_unet_out_of_memory_retries_with_a_saver_that_saves(tiny_sd1, monkeypatch):
+    # The plain reference attention holds every score matrix; slicing in 64 KiB chunks holds one at a time.
+    request = GenerationRequest(**{**REQUEST.__dict__, "width": 256, "height": 256})
+    policy = MemoryPolicy(attention=AttentionConfig("reference", budget_bytes=1 << 16))
+    expected = generate(request, PipelineContext(tiny_sd1, memory=policy)).images[0]
     failing = Failing(tiny_sd1.unet.forward)
     monkeypatch.setattr(tiny_sd1.unet, "forward", failing)
-    result = generate(REQUEST, PipelineContext(tiny_sd1))
+    result = generate(request, PipelineContext(tiny_sd1, memory=policy))
     assert failing.failures == 1 and all(ref() is None for ref in failing.held)  # freed, without waiting for gc
     assert result.notices == ["Ran out of memory at sampling; finished with sliced attention. "
                               "Set them in Settings (Memory) to skip the failed attempt next time."]
     difference = torch.tensor(list(result.images[0].tobytes())) - torch.tensor(list(expected.tobytes()))
-    assert difference.abs().max() <= 1  # sliced attention equals SDPA to ~1e-6
-    assert backends(tiny_sd1) == {"sdpa"}  # the fallback was for that job only
+    assert difference.abs().max() <= 1  # sliced attention equals the reference to ~1e-6
+    assert backends(tiny_sd1) == {"reference"}  # the fallback was for that job only
+
+
+def test_a_saver_that_would_need_more_memory_is_not_tried(tiny_sd1, monkeypatch):
+    # PyTorch's fused SDPA needs less memory than slicing: after running out with it, slicing cannot help.
+    failing = Failing(tiny_sd1.unet.forward)
+    monkeypatch.setattr(tiny_sd1.unet, "forward", failing)
+    with pytest.raises(OutOfMemory, match="^out of memory at sampling"):
+        generate(REQUEST, PipelineContext(tiny_sd1))
+    assert failing.failures == 1
 
 
 def test_when_every_fallback_fails_the_error_says_where_and_the_engine_keeps_working(tiny_sd1, monkeypatch):
+    request = GenerationRequest(**{**REQUEST.__dict__, "width": 256, "height": 256})
+    policy = MemoryPolicy(attention=AttentionConfig("reference", budget_bytes=1 << 16))
     failing = Failing(tiny_sd1.unet.forward, times=99)
     monkeypatch.setattr(tiny_sd1.unet, "forward", failing)
     with pytest.raises(OutOfMemory) as caught:
-        generate(REQUEST, PipelineContext(tiny_sd1))
-    assert str(caught.value) == ("out of memory at sampling (64x64, batch 1): set Attention to sliced and Offload to "
-                                 "model or sequential in Settings, or lower the size or batch size")
-    assert failing.failures == 2  # SDPA, then sliced attention (no offloading on the CPU)
+        generate(request, PipelineContext(tiny_sd1, memory=policy))
+    assert str(caught.value) == ("out of memory at sampling (256x256, batch 1): lower the size or batch size, or set "
+                                 "Offload to model or sequential in Settings")
+    assert failing.failures == 2  # the reference, then sliced attention (no offloading on the CPU)
     assert all(ref() is None for ref in failing.held)
-    assert backends(tiny_sd1) == {"sdpa"}
+    assert backends(tiny_sd1) == {"reference"}
     failing.times = 0
     assert len(generate(REQUEST, PipelineContext(tiny_sd1)).images) == 1
 

@@ -31,6 +31,15 @@ def test_fallbacks_follow_the_stage_and_keep_earlier_savers():
     assert MemoryPolicy(attention=AttentionConfig("sliced")).fallbacks("sampling") == []
 
 
+def test_fallbacks_keep_only_the_savers_that_help():
+    def no_slicing(before, after):
+        return after.attention.backend != "sliced"
+
+    steps = MemoryPolicy(device=CUDA).fallbacks("sampling", no_slicing)
+    assert names(steps) == ["model offload", "sequential offload"]
+    assert all(policy.attention.backend == "sdpa" for _, policy in steps)  # the skipped saver is not carried on
+
+
 def test_auto_offload_is_the_lightest_mode_that_fits():
     sizes = {"unet": 2 * GIB, "text_encoder": GIB // 2, "vae": GIB // 4}
     gpu = MemoryPolicy(device=CUDA, offload="auto")

@@ -37,7 +37,7 @@ class OutOfMemory(WebUIError):
 # What a user can change, per stage, when every automatic fallback has failed too.
 ADVICE = {
     "text encoding": "use a shorter prompt, or set Offload to model in Settings",
-    "sampling": "set Attention to sliced and Offload to model or sequential in Settings, or lower the size or batch size",
+    "sampling": "lower the size or batch size, or set Offload to model or sequential in Settings",
     "hires sampling": "lower the hires scale or the batch size, or set Offload to sequential in Settings",
     "hires upscale": "lower the hires scale, or use a latent upscaler",
     "VAE decode": "enable tiled VAE (Settings) with a smaller tile size, or lower the size or batch size",

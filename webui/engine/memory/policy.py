@@ -8,6 +8,7 @@ backend and VAE tiling. Nothing here is read at import.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,25 +62,30 @@ class MemoryPolicy:
         """Offloading moves weights to the CPU between uses: it saves nothing when the device is the CPU."""
         return self.device.type != "cpu"
 
-    def fallbacks(self, stage: str) -> list[tuple[str, MemoryPolicy]]:
+    def fallbacks(self, stage: str, helps: Callable[[MemoryPolicy, MemoryPolicy], bool] = lambda before, after: True
+                  ) -> list[tuple[str, MemoryPolicy]]:
         """The stronger memory savers to retry a job with after it ran out of memory at `stage`, in
-        order, as (what changed, the policy); each keeps the savers before it. Only savers that help
-        there: tiling for the VAE's stages, sliced attention where attention runs, offloading (the
-        other networks leave the device) everywhere but on the CPU."""
+        order, as (what changed, the policy); each keeps the savers taken before it. Candidates are
+        the savers that act there (tiling for the VAE's stages, sliced attention where attention runs,
+        offloading everywhere but on the CPU); `helps(before, after)` keeps only those that lower the
+        stage's need (the caller's estimate: PyTorch's fused SDPA needs less than slicing, for one)."""
+        candidates: list[tuple[str, Callable[[MemoryPolicy], MemoryPolicy | None]]] = [
+            ("tiled VAE", lambda p: replace(p, vae_tiling="on")
+             if p.vae_tiling == "auto" and stage in VAE_STAGES else None),
+            ("sliced attention", lambda p: replace(p, attention=replace(p.attention, backend="sliced"))
+             if p.attention.backend != "sliced" and stage in ATTENTION_STAGES else None),
+            ("model offload", lambda p: replace(p, offload="model")
+             if p.can_offload and p.offload in ("none", "auto") else None),
+            ("sequential offload", lambda p: replace(p, offload="sequential")
+             if p.can_offload and p.offload != "sequential" else None),
+        ]
         steps: list[tuple[str, MemoryPolicy]] = []
         policy = self
-        if self.vae_tiling == "auto" and stage in VAE_STAGES:
-            policy = replace(policy, vae_tiling="on")
-            steps.append(("tiled VAE", policy))
-        if policy.attention.backend == "sdpa" and stage in ATTENTION_STAGES:
-            policy = replace(policy, attention=replace(policy.attention, backend="sliced"))
-            steps.append(("sliced attention", policy))
-        if policy.can_offload and policy.offload in ("none", "auto"):
-            policy = replace(policy, offload="model")
-            steps.append(("model offload", policy))
-        if policy.can_offload and policy.offload == "model":
-            policy = replace(policy, offload="sequential")
-            steps.append(("sequential offload", policy))
+        for name, change in candidates:
+            candidate = change(policy)
+            if candidate is not None and helps(policy, candidate):
+                policy = candidate
+                steps.append((name, policy))
         return steps
 
     def describe(self) -> str:

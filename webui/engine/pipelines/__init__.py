@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from ..memory.estimate import plan_offload
+from ..memory.estimate import estimate_generation, plan_offload
 from ..memory.oom import OutOfMemory, detach, free_memory
 from ..memory.policy import apply_policy
 from ..patching import patched
@@ -40,7 +40,7 @@ def generate(request: GenerationRequest, ctx: PipelineContext) -> GenerationResu
         return outcome
     first, used = outcome, []
     try:
-        for name, policy in ctx.memory.fallbacks(first.stage):
+        for name, policy in ctx.memory.fallbacks(first.stage, _saves_memory(ctx, request, first.stage)):
             log.warning("%s; retrying with %s", outcome, name)
             used.append(name)
             apply_policy(ctx.bundle, policy)
@@ -52,6 +52,20 @@ def generate(request: GenerationRequest, ctx: PipelineContext) -> GenerationResu
     finally:
         apply_policy(ctx.bundle, ctx.memory)
     raise outcome
+
+
+def _saves_memory(ctx: PipelineContext, request: GenerationRequest, stage: str):
+    """Whether a policy change lowers the estimated need at `stage` (stages the estimate does not
+    cover are given the benefit of the doubt)."""
+    def need(policy) -> int | None:
+        estimate = estimate_generation(ctx.bundle, policy, request.width, request.height, request.batch_size)
+        return estimate.stages.get(stage)
+
+    def helps(before, after) -> bool:
+        old, new = need(before), need(after)
+        return old is None or new < old
+
+    return helps
 
 
 def _attempt(request: GenerationRequest, ctx: PipelineContext) -> GenerationResult | OutOfMemory:
