@@ -38,7 +38,7 @@ class LaunchOptions:
     precision: str = "auto"
     lowvram: bool = False
     medvram: bool = False
-    # Memory flags: None = the Settings tab's value; a flag overrides the setting.
+    # The memory flags given, as (setting name, value): each overrides that Settings value.
     memory: tuple[tuple[str, Any], ...] = ()
     api: bool = False
     enable_insecure_extension_access: bool = False

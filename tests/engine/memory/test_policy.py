@@ -5,10 +5,9 @@ import torch
 
 from webui.engine.memory.attention import AttentionConfig
 from webui.engine.memory.devices import ComponentDtypes, choose_dtypes
-from webui.engine.memory.policy import MemoryPolicy, apply_policy, policy_from_settings, resolve_offload
+from webui.engine.memory.policy import MemoryPolicy, apply_policy, policy_from_settings
 
 CUDA = torch.device("cuda")  # a device name only: nothing here runs on it
-GIB = 1 << 30
 
 
 def names(steps):
@@ -38,16 +37,6 @@ def test_fallbacks_keep_only_the_savers_that_help():
     steps = MemoryPolicy(device=CUDA).fallbacks("sampling", no_slicing)
     assert names(steps) == ["model offload", "sequential offload"]
     assert all(policy.attention.backend == "sdpa" for _, policy in steps)  # the skipped saver is not carried on
-
-
-def test_auto_offload_is_the_lightest_mode_that_fits():
-    sizes = {"unet": 2 * GIB, "text_encoder": GIB // 2, "vae": GIB // 4}
-    gpu = MemoryPolicy(device=CUDA, offload="auto")
-    assert resolve_offload(gpu, sizes, free_bytes=4 * GIB, activation_bytes=GIB) == "none"
-    assert resolve_offload(gpu, sizes, free_bytes=3 * GIB, activation_bytes=GIB // 2) == "model"
-    assert resolve_offload(gpu, sizes, free_bytes=2 * GIB, activation_bytes=GIB // 2) == "sequential"
-    assert resolve_offload(MemoryPolicy(device=CUDA, offload="model"), sizes, 64 * GIB) == "model"
-    assert resolve_offload(MemoryPolicy(offload="sequential"), sizes, GIB) == "none"  # the CPU
 
 
 def test_policy_from_settings_and_validation():

@@ -51,7 +51,7 @@ def size_detail(width: int, height: int, batch: int) -> str:
 
 @contextmanager
 def out_of_memory_at(stage: str, detail: str) -> Iterator[None]:
-    """Run the block; if it runs out of memory, free the device's cache and raise `OutOfMemory`."""
+    """Run the block; if it runs out of memory, raise `OutOfMemory` (the catcher frees, after `detach`)."""
     failed = False
     try:
         yield
@@ -59,8 +59,7 @@ def out_of_memory_at(stage: str, detail: str) -> Iterator[None]:
         if not is_out_of_memory(exc):
             raise
         failed = True
-    if failed:  # outside the except block: the error and its frames are gone
-        free_memory()
+    if failed:  # outside the except block (the original error still rides along as __context__)
         raise OutOfMemory(stage, detail, ADVICE.get(stage, "lower the size or batch size"))
 
 

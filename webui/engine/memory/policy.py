@@ -7,8 +7,8 @@ backend and VAE tiling. Nothing here is read at import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ class MemoryPolicy:
     """device: where the networks compute; dtypes: each network's dtype; attention: the backend of
     the UNet's and VAE's attention; offload: "none" (everything stays on the device), "model" (only
     the network in use sits on the device), "sequential" (layer by layer, for very small VRAM) or
-    "auto" (chosen from the free memory when a model loads); vae_tiling: "on", "off", or "auto"
+    "auto" (chosen from the free memory and the estimated need, at load and for each job); vae_tiling: "on", "off", or "auto"
     (tiled when the estimated decode does not fit, or after running out of memory); vae_tile and
     vae_tile_overlap: tile side and overlap in latents (64 = 512 pixels for the SD VAEs)."""
 
@@ -89,7 +89,7 @@ class MemoryPolicy:
         return steps
 
     def describe(self) -> str:
-        """One line for logs and the Settings tab."""
+        """One line for the start-up log."""
         dt = self.dtypes
         names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
         slice_size = self.attention.slice_size or "auto"
@@ -98,25 +98,9 @@ class MemoryPolicy:
                 f"attention {attention}, offload {self.offload}, tiled VAE {self.vae_tiling}")
 
 
-def resolve_offload(policy: MemoryPolicy, model_bytes: dict[str, int], free_bytes: int | None,
-                    activation_bytes: int = 0) -> str:
-    """The offload mode to load a model of these per-network sizes with: the policy's own unless it
-    is "auto"; then "none" if every network and `activation_bytes` fit in `free_bytes`, "model" if
-    the largest network and the activations do, else "sequential". On the CPU, always "none"."""
-    if policy.offload != "auto":
-        return policy.offload if policy.can_offload else "none"
-    if not policy.can_offload or free_bytes is None:
-        return "none"
-    if sum(model_bytes.values()) + activation_bytes <= free_bytes:
-        return "none"
-    if max(model_bytes.values()) + activation_bytes <= free_bytes:
-        return "model"
-    return "sequential"
-
-
 def apply_policy(bundle: ModelBundle, policy: MemoryPolicy) -> None:
     """Set the policy's attention backend on the bundle's UNet and VAE and place its networks by the
-    policy's offload mode ("auto" must have been resolved when the model was loaded)."""
+    policy's offload mode ("auto", where it has not been decided, places as "none")."""
     set_attention(bundle.unet, policy.attention)
     set_attention(bundle.vae, policy.attention)
     if bundle.placement is None:

@@ -11,8 +11,8 @@ import torch
 from webui.errors import WebUIError
 
 from ..memory.devices import ComponentDtypes
-from ..memory.estimate import module_bytes, unet_activation_bytes
-from ..memory.policy import MemoryPolicy, apply_policy, free_device_bytes, resolve_offload
+from ..memory.estimate import plan_offload
+from ..memory.policy import MemoryPolicy, apply_policy
 from .checkpoint_file import open_checkpoint
 from .loading import ModelBundle, inspect_checkpoint, load_checkpoint
 from .specs import Prediction
@@ -48,7 +48,7 @@ class ModelStore:
         self.policy = policy or MemoryPolicy()
         self._bundle: ModelBundle | None = None
         self._request: _Request | None = None
-        self._offload: str = "none"  # the loaded bundle's offload mode, "auto" resolved
+        self._offload: str = "none"  # the loaded bundle's offload mode, "auto" decided at load
 
     @property
     def current(self) -> ModelBundle | None:
@@ -84,23 +84,15 @@ class ModelStore:
                 self._place(self.policy)
             raise
         self._request = request
-        self._offload = self._resolve_offload(policy)
+        # "auto": decided now for a generation at the model's native size, so that loading never moves
+        # more onto the device than fits; each job then plans again for its own size.
+        native = 1024 if self._bundle.spec.is_sdxl else 512
+        self._offload = plan_offload(self._bundle, policy, native, native, 1).offload
         self._place(policy)
         return self._bundle
 
     def _place(self, policy: MemoryPolicy) -> None:
         apply_policy(self._bundle, replace(policy, offload=self._offload if policy.offload == "auto" else policy.offload))
-
-    def _resolve_offload(self, policy: MemoryPolicy) -> str:
-        """"auto": the lightest offload mode under which the model and a generation at its native size fit."""
-        if policy.offload != "auto" or not policy.can_offload:
-            return policy.offload if policy.can_offload else "none"
-        bundle = self._bundle
-        sizes = {"unet": module_bytes(bundle.unet), "text_encoder": module_bytes(bundle.text_encoder),
-                 "vae": module_bytes(bundle.vae)}
-        native = 128 if bundle.spec.is_sdxl else 64  # latents: 1024 or 512 pixels
-        activations = unet_activation_bytes(bundle.spec.unet, 2, native, native, 77, policy.dtypes.unet, policy.attention)
-        return resolve_offload(policy, sizes, free_device_bytes(policy.device), activations)
 
     def unload(self) -> None:
         """Drop the loaded bundle and return its memory."""
