@@ -140,6 +140,8 @@ class WebUIService:
         settings = self.settings_store.current
         defaults = {"sampler_name": settings.default_sampler, "scheduler": settings.default_scheduler}
         request = GenerationRequest.from_dict({**defaults, **values})  # validation happens here
+        if self.manager is not None:
+            self.manager.check_request(request)  # extensions' parameters (RequestError naming the field)
         if not checkpoint:
             where = self.library.models_dir / "checkpoints"
             raise RequestError("checkpoint", checkpoint, f"a checkpoint; none is installed yet: put one in {where}")

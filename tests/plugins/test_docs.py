@@ -147,7 +147,7 @@ def test_the_example_adds_a_tab_and_a_slider_to_txt2img_and_img2img(vignette):
 
 def test_the_example_darkens_the_corners_and_writes_its_infotext_field(vignette):
     hooks = vignette.hooks_for_job()
-    request = hooks.rewrite_request(request_with(0.5))
+    request = hooks.rewrite_request(request_with(0.5), None)
     white = Image.new("RGB", (64, 64), "white")
     image = hooks.postprocess_image(white, request, 0)
     assert image is not white and image.size == (64, 64) and image.mode == "RGB"
@@ -161,7 +161,7 @@ def test_the_example_leaves_images_alone_without_a_strength(vignette):
     hooks = vignette.hooks_for_job()
     white = Image.new("RGB", (64, 64), "white")
     for request in (request_with(), request_with(0.0)):
-        request = hooks.rewrite_request(request)
+        request = hooks.rewrite_request(request, None)
         assert hooks.postprocess_image(white, request, 0) is white
         assert hooks.infotext_fields(request) == {}
     assert hooks.notices == []
@@ -169,7 +169,7 @@ def test_the_example_leaves_images_alone_without_a_strength(vignette):
 
 def test_the_example_clamps_a_strength_out_of_range_with_the_notice_the_guide_shows(vignette):
     hooks = vignette.hooks_for_job()
-    request = hooks.rewrite_request(request_with(1.7))
+    request = hooks.rewrite_request(request_with(1.7), None)
     assert request.extensions["vignette"]["strength"] == 1.0
     assert hooks.notices == ["vignette: strength 1.7 is outside 0..1; using 1"]
     assert "`vignette: strength 1.7 is outside 0..1; using 1`" in guide()
@@ -177,7 +177,7 @@ def test_the_example_clamps_a_strength_out_of_range_with_the_notice_the_guide_sh
     assert all(c <= 5 for c in image.getpixel((0, 0)))  # strength 1: black corners
 
     hooks = vignette.hooks_for_job()
-    assert hooks.rewrite_request(request_with("lots")).extensions["vignette"]["strength"] == 0.0
+    assert hooks.rewrite_request(request_with("lots"), None).extensions["vignette"]["strength"] == 0.0
     assert hooks.notices == ["vignette: strength 'lots' is not a number; no vignette"]
 
 

@@ -93,7 +93,7 @@ def test_bad_checkout_leaves_nothing_behind(tmp_path, extensions_dir, manifest, 
 
 def test_api_version_mismatch_is_refused(tmp_path, extensions_dir):
     source = make_repo(tmp_path / "future", manifest_text(api="2.0"))
-    with pytest.raises(ExtensionError, match=r"targets extension API 2\.0, but this web UI offers 1\.0"):
+    with pytest.raises(ExtensionError, match=r"targets extension API 2\.0, but this web UI offers 1\.1"):
         install_extension(str(source), extensions_dir)
     assert list(extensions_dir.iterdir()) == []
 

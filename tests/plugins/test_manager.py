@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from webui.engine.models.loading import load_checkpoint
 from webui.engine.pipelines import PipelineContext, generate
 from webui.engine.prompts import ParsedPrompt, PromptPart, ScheduledText, WeightedText
+from webui.engine.sampling.denoisers import SamplingState
 from webui.engine.request import GenerationRequest
 from webui.plugins.discovery import MODULE_PREFIX
 from webui.plugins.manager import MAX_FAILURES, ExtensionManager, ExtensionState
@@ -106,7 +107,7 @@ def test_a_raising_hook_is_reported_and_the_other_extensions_still_run(tmp_path,
     manager = load(tmp_path)
     hooks = manager.hooks_for_job()
 
-    request = hooks.rewrite_request(REQUEST)
+    request = hooks.rewrite_request(REQUEST, None)
     image = hooks.postprocess_image(white(), request, 0)
 
     assert request.prompt == "a cat, by beta"
@@ -193,9 +194,9 @@ def test_wrong_return_types_count_as_failures_and_are_ignored(tmp_path, ext):
     def unet(x, t, context):
         return x
 
-    assert hooks.rewrite_request(REQUEST) is REQUEST
+    assert hooks.rewrite_request(REQUEST, None) is REQUEST
     assert hooks.postprocess_image(image, REQUEST, 0) is image
-    assert hooks.wrap_model(unet, REQUEST, None) is unet
+    assert hooks.wrap_model(unet, REQUEST, None, SamplingState()) is unet
     assert hooks.infotext_fields(REQUEST) == {}
     assert [n.split(":")[0] for n in hooks.notices] == [f"Extension '{name}' failed in {hook}" for name, hook in (
         ("wrong1", "rewrite_request"), ("wrong1", "postprocess_image"), ("wrong2", "wrap_model"),
@@ -298,7 +299,7 @@ def test_an_incompatible_api_version_is_refused_without_importing_the_code(tmp_p
     manager = load(tmp_path)
     future = manager.record("future")
     assert statuses(manager) == {"future": "refused", "now": "loaded"}
-    assert f"future: api_version: targets extension API {api}, but this web UI offers 1.0" in future.error
+    assert f"future: api_version: targets extension API {api}, but this web UI offers 1.1" in future.error
     assert advice in future.error and not marker.exists() and future.module is None
 
 
@@ -476,7 +477,7 @@ def test_wrap_model_wrappers_chain_in_load_order(tmp_path, ext):
         return x
 
     bundle = object()
-    wrapped = hooks.wrap_model(unet, REQUEST, bundle)
+    wrapped = hooks.wrap_model(unet, REQUEST, bundle, SamplingState())
     assert wrapped(1, 0, "text", y=5) == 20  # beta(alpha(unet)): (1 + 1) * 10; the last loaded runs outermost
     assert calls == [(1, 0, "text", {"y": 5})]
     alpha, beta = manager.record("alpha").module, manager.record("beta").module
@@ -504,7 +505,7 @@ def test_hooks_take_any_subset_of_their_arguments_and_context_warns_for_this_job
     """)
     manager = load(tmp_path)
     first = manager.hooks_for_job()
-    first.rewrite_request(REQUEST)
+    first.rewrite_request(REQUEST, None)
     first.postprocess_image(white(), REQUEST, 4)
     assert first.infotext_fields(REQUEST) == {"Count": "3", "7": "True"}
     assert first.notices == ["subset: image 4 looked odd"]

@@ -29,6 +29,9 @@ class ExtensionContext:
     services: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
     # Tell the user something about the current job (shown with its results), e.g. "LoRA x not found".
     warn: Callable[[str], None] = field(default=lambda message: None, repr=False)
+    # The extension's own objects kept between calls for the app's lifetime (e.g. loaded models), shared by
+    # all its hooks; an extension keeps its state here rather than in module globals (API 1.1).
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ extension and hook, and everything else goes on (an extension that keeps failing
 
 Hooks that return something may also return None, meaning "nothing from me". Where several
 extensions answer, results are combined in load order (built-ins first, then alphabetical).
+A hook that refuses the user's input raises `webui.errors.RequestError` naming the field: that is
+shown to the user as it is (the job fails, or is never queued) and does not count as a failure.
 `docs/extensions.md` documents every hook (a test checks it).
 """
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # the API's types, for readers and type checkers only (no imp
     from webui.engine.patching import WeightPatch
     from webui.engine.prompts import ParsedPrompt
     from webui.engine.request import GenerationRequest
+    from webui.engine.sampling.denoisers import SamplingState
     from webui.plugins.api import ControlsSpec, ExtensionContext, Route, StepInfo, TabSpec
 
 PROJECT = "webui"
@@ -67,10 +70,17 @@ def api_routes(context: ExtensionContext) -> list[Route] | None:
 
 
 @hookspec
-def rewrite_request(request: GenerationRequest, context: ExtensionContext) -> GenerationRequest | None:
-    """Called once per job before generation. Return a changed request (`dataclasses.replace(request, ...)`)
-    or None. Extensions are applied in turn, each seeing the previous one's result. The infotext keeps
-    the prompts as the user wrote them."""
+def check_request(request: GenerationRequest, context: ExtensionContext) -> None:
+    """Called when a request is submitted, before it is queued (API 1.1). Check this extension's
+    parameters (`request.extensions[<name>]`) and raise `RequestError` naming the field
+    (e.g. "controlnet.units[0].weight") to refuse the request; return None to accept it."""
+
+
+@hookspec
+def rewrite_request(request: GenerationRequest, bundle: ModelBundle, context: ExtensionContext) -> GenerationRequest | None:
+    """Called once per job before generation, with the loaded model (`bundle`, API 1.1). Return a changed
+    request (`dataclasses.replace(request, ...)`) or None. Extensions are applied in turn, each seeing the
+    previous one's result. The infotext keeps the prompts as the user wrote them."""
 
 
 @hookspec(firstresult=True)
@@ -87,10 +97,17 @@ def weight_patches(request: GenerationRequest, bundle: ModelBundle, context: Ext
 
 
 @hookspec
-def wrap_model(model: Any, request: GenerationRequest, bundle: ModelBundle, context: ExtensionContext) -> Any | None:
+def wrap_model(model: Any, request: GenerationRequest, bundle: ModelBundle, sampling: SamplingState,
+               context: ExtensionContext) -> Any | None:
     """Called when a job builds its denoiser. `model(x, t, context, **kwargs)` is the network call
     (the UNet, or an earlier extension's wrapper); return a callable with the same signature that
-    runs code before and/or after calling it, or None. Called every network evaluation."""
+    runs code before and/or after calling it, or None. Called every network evaluation.
+
+    The UNet also takes `control=[residual, ...]` (one per input block, then the middle block's: a
+    ControlNet's output), added where its output blocks take their skip connections; a wrapper that
+    adds control adds to any `control` it is given. `sampling` (API 1.1) is updated before every call:
+    `sampling.step` / `sampling.total_steps` of this pass, and `sampling.uncond`, which rows of `x`
+    belong to the negative prompt."""
 
 
 @hookspec

@@ -18,6 +18,7 @@ from webui.engine.patching import PatchError, WeightPatch, model_roots, resolve_
 from webui.engine.pipelines.hooks import PipelineHooks
 from webui.engine.prompts import ParsedPrompt
 from webui.engine.request import GenerationRequest
+from webui.errors import RequestError
 from webui.plugins import hookspecs
 from webui.plugins.api import ExtensionContext, StepInfo
 from webui.plugins.discovery import Candidate, find_candidates, import_extension
@@ -169,6 +170,8 @@ class ExtensionManager:
         non-None result that `accept` refuses (it should be `expected`), is reported and gives (False, None)."""
         try:
             result = impl.function(**{name: given[name] for name in impl.argnames})
+        except RequestError:  # the user's input refused, with a message naming the field: not a bug
+            raise
         except Exception as exc:  # an extension's bug: attribute it, report it, go on
             self.report_failure(record, hook, exc, notices)
             return False, None
@@ -211,6 +214,11 @@ class ExtensionManager:
     def hooks_for_job(self) -> ExtensionHooks:
         return ExtensionHooks(self)
 
+    def check_request(self, request: GenerationRequest) -> None:
+        """Let every extension check its parameters before the request is queued: a `RequestError`
+        refuses the request; any other error is the extension's failure, and the request goes on."""
+        self.call("check_request", {"request": request})
+
     # --- enable / disable ------------------------------------------------------------------------
 
     def set_enabled(self, name: str, enabled: bool) -> str:
@@ -251,9 +259,9 @@ class ExtensionHooks(PipelineHooks):
                 value = result
         return value
 
-    def rewrite_request(self, request: GenerationRequest) -> GenerationRequest:
+    def rewrite_request(self, request: GenerationRequest, bundle) -> GenerationRequest:
         return self._chain("rewrite_request", "request", request, lambda r: isinstance(r, GenerationRequest),
-                           "a GenerationRequest or None")
+                           "a GenerationRequest or None", bundle=bundle)
 
     def parse_prompt(self, text: str, steps: int, is_negative: bool) -> ParsedPrompt:
         # The first extension that answers wins; a wrong answer counts as a failure and the next is asked.
@@ -289,8 +297,9 @@ class ExtensionHooks(PipelineHooks):
             self.manager.report_failure(record, "weight_patches", problem, self.notices)
         return results
 
-    def wrap_model(self, model, request, bundle):
-        return self._chain("wrap_model", "model", model, callable, "a callable", request=request, bundle=bundle)
+    def wrap_model(self, model, request, bundle, sampling):
+        return self._chain("wrap_model", "model", model, callable, "a callable", request=request, bundle=bundle,
+                           sampling=sampling)
 
     def on_step(self, event) -> None:
         if self.manager.implementations("on_step"):

@@ -24,7 +24,7 @@ import yaml
 
 from webui.errors import WebUIError
 
-API_VERSION: tuple[int, int] = (1, 0)  # the extension API this app offers: (major, minor)
+API_VERSION: tuple[int, int] = (1, 1)  # the extension API this app offers: (major, minor)
 MANIFEST_FILE = "extension.yaml"
 MAX_MANIFEST_BYTES = 64 * 1024  # a manifest is a few lines; anything bigger is not one
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")

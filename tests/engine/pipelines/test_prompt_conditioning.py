@@ -58,7 +58,7 @@ def test_prompt_editing_switches_the_conditioning_at_its_step(sd1):
         return run
 
     class Recording(A1111Syntax):
-        def wrap_model(self, model, request, bundle):
+        def wrap_model(self, model, request, bundle, sampling):
             return recording(model)
 
     request = GenerationRequest(prompt="a [cat:dog:2] in a field", steps=4, width=64, height=64, sampler_name="Euler")

@@ -8,6 +8,7 @@ it to the time embedding.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -188,8 +189,42 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
-class UNetModel(nn.Module):
-    """eps/v-predicting UNet of SD 1.x / 2.x / SDXL: forward(x, timesteps, context, y=None) -> (B, out_channels, h, w)."""
+def _transformer(cfg: UNetConfig, ch: int, depth: int) -> SpatialTransformer:
+    heads, dim_head = cfg.heads_for(ch)
+    return SpatialTransformer(ch, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer)
+
+
+def build_encoder(cfg: UNetConfig) -> tuple[nn.ModuleList, TimestepEmbedSequential, list[int]]:
+    """The UNet's downward half: (input_blocks, middle_block, the channels of each input block's output).
+
+    A ControlNet is a trainable copy of exactly this part, so both networks build it here.
+    """
+    mc = cfg.model_channels
+    input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+    skip_channels = [mc]
+    ch = mc
+    levels = len(cfg.channel_mult)
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks):
+            layers: list[nn.Module] = [ResBlock(ch, cfg.time_embed_dim, mult * mc)]
+            ch = mult * mc
+            if cfg.attention_levels[level]:
+                layers.append(_transformer(cfg, ch, cfg.transformer_depth[level]))
+            input_blocks.append(TimestepEmbedSequential(*layers))
+            skip_channels.append(ch)
+        if level != levels - 1:
+            input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+            skip_channels.append(ch)
+    middle_block = TimestepEmbedSequential(
+        ResBlock(ch, cfg.time_embed_dim, ch), _transformer(cfg, ch, cfg.transformer_depth_middle),
+        ResBlock(ch, cfg.time_embed_dim, ch),
+    )
+    return input_blocks, middle_block, skip_channels
+
+
+class TimeConditioned(nn.Module):
+    """The time embedding (and SDXL's `label_emb` of the conditioning vector y) that the UNet and the
+    ControlNet share, under the original key names."""
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
@@ -202,37 +237,35 @@ class UNetModel(nn.Module):
                 nn.Sequential(nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             )
 
-        def transformer(ch: int, depth: int) -> SpatialTransformer:
-            heads, dim_head = cfg.heads_for(ch)
-            return SpatialTransformer(ch, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer)
+    def embed(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """(B, time_embed_dim): the timesteps' embedding, plus y's where the network takes one (SDXL)."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
+        adm = self.config.adm_in_channels
+        if (y is None) != (not adm):
+            raise ValueError(f"this network takes {'a conditioning vector y of width ' + str(adm) if adm else 'no y'}, "
+                             f"got {'none' if y is None else tuple(y.shape)}")
+        if y is not None:
+            if y.shape != (x.shape[0], adm):
+                raise ValueError(f"y must be (batch {x.shape[0]}, {adm}), got {tuple(y.shape)}")
+            emb = emb + self.label_emb(y.to(emb.dtype))
+        return emb
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
-        skip_channels = [mc]
-        ch = mc
-        levels = len(cfg.channel_mult)
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc)]
-                ch = mult * mc
-                if cfg.attention_levels[level]:
-                    layers.append(transformer(ch, cfg.transformer_depth[level]))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                skip_channels.append(ch)
-            if level != levels - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
-                skip_channels.append(ch)
 
-        self.middle_block = TimestepEmbedSequential(
-            ResBlock(ch, emb_dim, ch), transformer(ch, cfg.transformer_depth_middle), ResBlock(ch, emb_dim, ch)
-        )
+class UNetModel(TimeConditioned):
+    """eps/v-predicting UNet of SD 1.x / 2.x / SDXL: forward(x, timesteps, context, y=None) -> (B, out_channels, h, w)."""
 
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__(cfg)
+        mc, emb_dim = cfg.model_channels, cfg.time_embed_dim
+        self.input_blocks, self.middle_block, skip_channels = build_encoder(cfg)
+        ch = skip_channels[-1]
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mc * mult)]
                 ch = mc * mult
                 if cfg.attention_levels[level]:
-                    layers.append(transformer(ch, cfg.transformer_depth[level]))
+                    layers.append(_transformer(cfg, ch, cfg.transformer_depth[level]))
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
@@ -244,25 +277,30 @@ class UNetModel(nn.Module):
         return self.out[2].weight.dtype
 
     def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
+        control: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x: (B, in_channels, h, w) latents; timesteps: (B,) in [0, 1000); context: (B, tokens, context_dim);
-        y: (B, adm_in_channels), required exactly when the model has `label_emb` (SDXL)."""
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
-        adm = self.config.adm_in_channels
-        if (y is None) != (not adm):
-            raise ValueError(f"this UNet takes {'a conditioning vector y of width ' + str(adm) if adm else 'no y'}, "
-                             f"got {'none' if y is None else tuple(y.shape)}")
-        if y is not None:
-            if y.shape != (x.shape[0], adm):
-                raise ValueError(f"y must be (batch {x.shape[0]}, {adm}), got {tuple(y.shape)}")
-            emb = emb + self.label_emb(y.to(emb.dtype))
+        y: (B, adm_in_channels), required exactly when the model has `label_emb` (SDXL).
+
+        control: residuals to add (a ControlNet's output): one per input block, added to that block's
+        output where the output blocks take it as their skip connection, then one added to the middle
+        block's output; as the original ControlNet's `ControlledUnetModel` does.
+        """
+        emb = self.embed(x, timesteps, y)
         skips = []
         h = x
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"control must hold {len(skips) + 1} residuals (one per input block, then the "
+                                 f"middle block's), got {len(control)}")
+            *down, middle = control
+            h = h + middle
+            skips = [skip + residual for skip, residual in zip(skips, down)]
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)

@@ -83,7 +83,7 @@ def _generate(request: GenerationRequest, ctx: PipelineContext) -> GenerationRes
     """Run the request's pipeline, with what the extensions add: the request as they rewrite it, and
     their weight patches applied for this job only (the base weights are restored exactly after)."""
     hooks = ctx.hooks
-    rewritten = hooks.rewrite_request(request)
+    rewritten = hooks.rewrite_request(request, ctx.bundle)
     ctx = replace(ctx, original_request=request)
     patches = hooks.weight_patches(rewritten, ctx.bundle)
     with patched({"unet": ctx.bundle.unet, "text_encoder": ctx.bundle.text_encoder}, patches):

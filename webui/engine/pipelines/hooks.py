@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from ..models.loading import ModelBundle
     from ..patching import WeightPatch
+    from ..sampling.denoisers import SamplingState
     from .context import ProgressEvent
 
 
@@ -24,7 +25,7 @@ class PipelineHooks:
     def __init__(self) -> None:
         self.notices: list[str] = []  # messages for the user about this job (e.g. an extension's error)
 
-    def rewrite_request(self, request: GenerationRequest) -> GenerationRequest:
+    def rewrite_request(self, request: GenerationRequest, bundle: ModelBundle) -> GenerationRequest:
         return request
 
     def parse_prompt(self, text: str, steps: int, is_negative: bool) -> ParsedPrompt:
@@ -33,7 +34,7 @@ class PipelineHooks:
     def weight_patches(self, request: GenerationRequest, bundle: ModelBundle) -> list[WeightPatch]:
         return []
 
-    def wrap_model(self, model: Any, request: GenerationRequest, bundle: ModelBundle) -> Any:
+    def wrap_model(self, model: Any, request: GenerationRequest, bundle: ModelBundle, sampling: SamplingState) -> Any:
         return model
 
     def on_step(self, event: ProgressEvent) -> None:

@@ -36,10 +36,10 @@ class ModelSwitch:
     def step_done(self, index: int) -> None:
         self.steps_done = index + 1
 
-    def set_step(self, step: int) -> None:
+    def set_step(self, step: int, total_steps: int | None = None) -> None:
         for model in (self.first, self.second):
             if hasattr(model, "set_step"):
-                model.set_step(step)
+                model.set_step(step, total_steps)
 
     @property
     def active(self):

@@ -18,7 +18,9 @@ from ..models.loading import ModelBundle
 from ..preview import latent_preview
 from ..request import GenerationRequest
 from ..prompts import ParsedPrompt, PromptPart
-from ..sampling.denoisers import CFGDenoiser, Conditioning, DiscreteSchedule, ScheduledConditioning, make_denoiser
+from ..sampling.denoisers import (
+    CFGDenoiser, Conditioning, DiscreteSchedule, SamplingState, ScheduledConditioning, make_denoiser,
+)
 from ..sampling.noise import ImageRNG, resolve_seed
 from ..sampling.registry import SamplerInfo, effective_schedule, sampler_info
 from ..sampling.schedules import make_sigmas
@@ -144,7 +146,8 @@ def build_denoiser(ctx: PipelineContext, request: GenerationRequest, cond: Encod
     SDXL: each text gets its own y vector, built from its pooled text and `size` = (width, height) of this
     pass (default: the request's)."""
     bundle = bundle or ctx.bundle
-    unet = ctx.hooks.wrap_model(bundle.unet, request, bundle)
+    state = SamplingState()
+    unet = ctx.hooks.wrap_model(bundle.unet, request, bundle, state)
     if unet is not bundle.unet:  # wrappers keep the network's dtype, which the denoiser casts inputs to
         unet = WrappedModel(unet, bundle.unet.dtype)
     denoiser = make_denoiser(unet, model_schedule(ctx), bundle.spec.prediction)
@@ -160,7 +163,8 @@ def build_denoiser(ctx: PipelineContext, request: GenerationRequest, cond: Encod
         return ScheduledConditioning(tuple((end, conditioning(e, negative)) for end, e in schedule), weight)
 
     conds = [scheduled(weight, schedule, False) for weight, schedule in cond.parts]
-    return CFGDenoiser(denoiser, conds, scheduled(*uncond.parts[0], True), request.cfg_scale, request.cfg_rescale)
+    return CFGDenoiser(denoiser, conds, scheduled(*uncond.parts[0], True), request.cfg_scale, request.cfg_rescale,
+                       state)
 
 
 class WrappedModel:
@@ -199,9 +203,9 @@ def sample(
 
     if switch is not None:
         switch.reset()
-    set_step = getattr(model, "set_step", None)  # scheduled prompts follow the steps
+    set_step = getattr(model, "set_step", None)  # scheduled prompts (and model wrappers) follow the steps
     if set_step is not None:
-        set_step(0)
+        set_step(0, total)
 
     def callback(state: dict) -> None:
         if switch is not None:

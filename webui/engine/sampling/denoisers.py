@@ -5,6 +5,7 @@
   CompVisDenoiser / CompVisVDenoiser formulas), with extra input channels for inpainting and depth.
 - `CFGDenoiser`: classifier-free guidance, cond and uncond batched into one network call, with
   composable diffusion (several weighted prompts, "AND") and conditioning that changes over the steps.
+- `SamplingState`: where sampling stands at each network call, for wrappers of the network (ControlNet).
 """
 
 from __future__ import annotations
@@ -111,6 +112,26 @@ def make_denoiser(unet: UNetFn, schedule: DiscreteSchedule, prediction: str) -> 
     raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
 
 
+@dataclass
+class SamplingState:
+    """Where the sampling stands at the current network call; the engine updates it before each call.
+
+    Model wrappers (extensions' `wrap_model`) read it, e.g. to act only within a part of the steps, or
+    only on the prompt's rows of a classifier-free-guidance batch.
+    """
+
+    step: int = 0  # 0-based index of the sampling step being computed, within this pass
+    total_steps: int = 1  # the steps of this pass
+    # One entry per row of the current network call: True where the row is the negative prompt's
+    # (the unconditional half of CFG). All False when the call has no such rows (CFG scale 1).
+    uncond: tuple[bool, ...] = ()
+
+    def within(self, start: float, end: float) -> bool:
+        """Whether the current step lies within [start, end] as fractions of the pass: step i covers
+        [i / total, (i + 1) / total] (diffusers' `control_guidance_start/end`)."""
+        return start <= self.step / self.total_steps and (self.step + 1) / self.total_steps <= end + 1e-9
+
+
 @dataclass(frozen=True)
 class ScheduledConditioning:
     """A conditioning that changes over the steps (prompt editing): `entries` are (end_at_step,
@@ -147,13 +168,14 @@ class CFGDenoiser:
         uncond: Conditioning | ScheduledConditioning,
         cfg_scale: float,
         cfg_rescale: float = 0.0,
+        state: SamplingState | None = None,
     ) -> None:
         self.denoiser = denoiser
+        self.state = state or SamplingState()
         self.conds = [ScheduledConditioning.constant(cond)] if isinstance(cond, Conditioning) else list(cond)
         self.uncond = ScheduledConditioning.constant(uncond) if isinstance(uncond, Conditioning) else uncond
         self.cfg_scale = cfg_scale
         self.cfg_rescale = cfg_rescale
-        self.step = 0
         if not self.conds:
             raise ValueError("need at least one conditioning")
         every = [c for s in (*self.conds, self.uncond) for _, c in s.entries]
@@ -163,15 +185,24 @@ class CFGDenoiser:
         if len({c.y is None for c in every}) != 1:
             raise ValueError("cond and uncond must both have a conditioning vector y, or neither")
 
-    def set_step(self, step: int) -> None:
-        """The 0-based index of the sampling step about to run (selects scheduled conditionings)."""
-        self.step = step
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    def set_step(self, step: int, total_steps: int | None = None) -> None:
+        """The 0-based index of the sampling step about to run (selects scheduled conditionings), and the
+        pass's step count when it is known."""
+        self.state.step = step
+        if total_steps is not None:
+            self.state.total_steps = total_steps
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         conds = [(s.weight, s.at(self.step)) for s in self.conds]
         if self.cfg_scale == 1.0 and len(conds) == 1 and conds[0][0] == 1.0:
+            self.state.uncond = (False,) * x.shape[0]
             return self.denoiser(x, sigma, conds[0][1])  # the uncond half would be multiplied by zero
         halves = [c for _, c in conds] + [self.uncond.at(self.step)]
+        self.state.uncond = (False,) * (x.shape[0] * len(conds)) + (True,) * x.shape[0]
         both = Conditioning(
             torch.cat([c.context for c in halves]),
             None if halves[0].concat is None else torch.cat([c.concat for c in halves]),
