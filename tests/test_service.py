@@ -130,7 +130,8 @@ def test_embeddings_are_listed_and_prompt_syntax_works_through_the_builtins(serv
     save_file({"emb_params": torch.randn(2, 64)}, str(folder / "mystyle.safetensors"))
     service.refresh_models()
     assert service.embeddings() == ["mystyle"]
-    assert {row["name"]: row["status"] for row in service.extensions()} == {"lora": "loaded", "prompt_weighting": "loaded"}
+    assert {row["name"]: row["status"] for row in service.extensions()} == {
+        "controlnet": "loaded", "lora": "loaded", "prompt_weighting": "loaded"}
     images = []
     for prompt in ("a mystyle circle", "a (mystyle:1.5) circle AND a square:0.5", "a [mystyle:circle:1]"):
         status = wait(service, "ann", service.submit("ann", "tiny.safetensors", None, {**SMALL, "prompt": prompt}))

@@ -14,6 +14,7 @@ from webui.config import ConfigError, LaunchOptions, SettingsStore, parse_option
 def build_service(options: LaunchOptions):
     """Everything but the UI: models, settings, presets, the model store and the job queue."""
     from webui.engine.memory.devices import choose_device
+    from webui.engine.models.depth_estimator import DepthEstimatorStore
     from webui.engine.models.store import ModelStore
     from webui.paths import ModelLibrary
     from webui.presets import load_presets
@@ -22,14 +23,17 @@ def build_service(options: LaunchOptions):
     settings = SettingsStore(options.settings_file)
     library = ModelLibrary(options.models_dir)
     device = choose_device(options.device if options.device != "auto" else settings.current.device)
-    extensions = build_extensions(options, library)
+    depth = DepthEstimatorStore(
+        lambda: [library.path("depth", name) for name in library.names("depth")],
+        lambda: options.models_dir / "depth" if settings.current.depth_download else None, device)
+    extensions = build_extensions(options, library, depth)
     service = WebUIService(options, library, ModelStore(), settings, load_presets(options.presets_dir), extensions,
-                           device=device)
+                           device=device, depth=depth)
     print(f"Memory: {service.memory_policy().describe()}")
     return service
 
 
-def build_extensions(options: LaunchOptions, library):
+def build_extensions(options: LaunchOptions, library, depth):
     """Load the built-in and installed extensions; a broken one is reported and skipped."""
     from webui.config import ROOT
     from webui.plugins.manager import ExtensionManager, ExtensionState
@@ -39,7 +43,7 @@ def build_extensions(options: LaunchOptions, library):
         builtin_dir=ROOT / "extensions" / "builtin", extensions_dir=options.extensions_dir,
         data_dir=state_dir / "extension-data", models_dir=options.models_dir,
         state=ExtensionState(state_dir / "extensions-state.json"),
-        services={"model_names": library.names, "model_path": library.path},
+        services={"model_names": library.names, "model_path": library.path, "estimate_depth": depth.depth_image},
     )
     manager.load()
     for record in manager.records:

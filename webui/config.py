@@ -196,6 +196,8 @@ class Settings:
     vae_tile_size: int = 512  # pixels
     channels_last: bool = False
     compile: bool = False
+    # Depth-to-image without a depth estimator in models/depth: download Intel/dpt-hybrid-midas once online.
+    depth_download: bool = True
 
 
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -226,6 +228,9 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("vae_tile_size", "Tiled VAE: tile size in pixels", "int", minimum=128, maximum=4096),
     SettingSpec("channels_last", "UNet in channels-last memory format", "bool"),
     SettingSpec("compile", "torch.compile the UNet (slow first generation)", "bool"),
+    SettingSpec("depth_download", "Download the depth estimator when none is installed", "bool",
+                help="for the depth tab and ControlNet's depth preprocessor: when models/depth holds no DPT model, "
+                     "fetch Intel/dpt-hybrid-midas (about 500 MB) from the Hugging Face hub once, into models/depth"),
 )
 
 

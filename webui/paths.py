@@ -21,6 +21,8 @@ FOLDERS = {  # kind -> candidate sub-folders, in order of preference
     "controlnet": ("controlnet", "ControlNet"),
     "depth": ("depth",),
 }
+# Kinds whose models are folders (a model saved by transformers: config.json beside its weights), not files.
+FOLDER_KINDS = {"depth"}
 
 
 def safe_join(root: Path, relative: str) -> Path | None:
@@ -52,13 +54,19 @@ class ModelLibrary:
         for kind in FOLDERS:
             found: dict[str, Path] = {}
             for folder in self.folders(kind):
+                if kind in FOLDER_KINDS:
+                    for path in sorted(folder.iterdir()):
+                        if path.is_dir() and (path / "config.json").is_file() and safe_join(folder, path.name):
+                            found.setdefault(path.name, path)
+                    continue
                 for path in sorted(folder.rglob("*")):
                     if path.suffix.lower() in MODEL_SUFFIXES and path.is_file() and safe_join(folder, str(path.relative_to(folder))):
                         found.setdefault(path.relative_to(folder).as_posix(), path)
             self._files[kind] = found
 
     def names(self, kind: str) -> list[str]:
-        """Names (paths relative to their folder, e.g. "sd15/model.safetensors"), sorted."""
+        """Names (paths relative to their folder, e.g. "sd15/model.safetensors"; for folder kinds the
+        model folder's name), sorted."""
         return sorted(self._files.get(kind, {}), key=str.lower)
 
     def path(self, kind: str, name: str, field_name: str = "checkpoint") -> Path:

@@ -17,7 +17,9 @@ from PIL import Image
 from webui.config import MEMORY_FLAGS, SETTING_SPECS, LaunchOptions, SettingsStore
 from webui.engine.memory.devices import choose_dtypes
 from webui.engine.memory.policy import MemoryPolicy, policy_from_settings
+from webui.engine.models.depth_estimator import DepthEstimatorStore
 from webui.engine.models.embeddings import load_embedding
+from webui.engine.models.loading import inspect_checkpoint
 from webui.engine.models.prompt_tokens import Embedding
 from webui.engine.models.store import ModelStore
 from webui.engine.models.text_encoders import load_clip_tokenizer
@@ -54,6 +56,7 @@ class WebUIService:
         extensions: ExtensionManager | None = None,
         *,
         device: torch.device | None = None,
+        depth: DepthEstimatorStore | None = None,
     ) -> None:
         self.options = options
         self.device = device or torch.device("cpu")
@@ -64,6 +67,7 @@ class WebUIService:
         self._presets = presets
         # The refiner (SDXL's second model) is held beside the main model only while requests use one.
         self.refiner_store = ModelStore()
+        self.depth = depth  # the depth estimator (depth tab, ControlNet's depth preprocessor); None: none
         self.jobs = JobQueue(self._run)
         self._embeddings: dict[Path, tuple[float, Embedding | None]] = {}  # path -> (mtime, embedding)
 
@@ -115,6 +119,38 @@ class WebUIService:
         checkpoint = self.default_checkpoint()
         return dict(self._presets.get(DEMO_PRESET, {})) if checkpoint and is_demo_checkpoint(checkpoint) else {}
 
+    def depth_support(self, checkpoint: str | None) -> str:
+        """How the depth tab will work with `checkpoint` (Markdown): its own depth input, or a depth
+        ControlNet, or what is missing."""
+        if not checkpoint:
+            return "Choose a checkpoint."
+        try:
+            path = self.library.path("checkpoints", checkpoint, "checkpoint")
+            spec = inspect_checkpoint(path) if path.suffix.lower() in (".safetensors", ".sft") else None
+        except WebUIError as exc:
+            return f"Cannot read **{checkpoint}**: {exc}"
+        estimators = self.library.names("depth")
+        if estimators:
+            estimator = f"the depth estimator {estimators[0]}"
+        elif self.settings_store.current.depth_download:
+            estimator = "the depth estimator Intel/dpt-hybrid-midas, downloaded on first use (needs internet)"
+        else:
+            estimator = "no depth estimator: upload a depth map, or put a DPT model folder in models/depth"
+        if spec is None:
+            return (f"**{checkpoint}** is not a .safetensors file, so what it is shows when you generate. Depth "
+                    f"comes from your depth map, or from the image by {estimator}.")
+        if spec.variant == "depth":
+            return (f"**{checkpoint}** is an SD 2 depth model: it follows your depth map (white = near), or the "
+                    f"image's depth estimated by {estimator}.")
+        controlnets = [n for n in self.library.names("controlnet") if "depth" in n.lower()]
+        if controlnets:
+            return (f"**{checkpoint}** ({spec.label}) is not a depth model: the depth guides it through a depth "
+                    f"ControlNet from models/controlnet (the first made for {spec.label} of: {', '.join(controlnets)}). "
+                    f"Depth comes from your map, or from the image by {estimator}.")
+        return (f"**{checkpoint}** ({spec.label}) is not a depth model, and models/controlnet has no depth ControlNet. "
+                "Choose an SD 2 depth checkpoint (e.g. 512-depth-ema), or put a depth ControlNet for "
+                f"{spec.label} in models/controlnet (e.g. control_v11f1p_sd15_depth).")
+
     # --- choices and helpers ---------------------------------------------------------------------
 
     def samplers(self) -> list[str]:
@@ -135,8 +171,6 @@ class WebUIService:
     # --- jobs ------------------------------------------------------------------------------------
 
     def submit(self, owner: str, checkpoint: str | None, vae: str | None, values: dict[str, Any]) -> str:
-        if "depth_map" in values:
-            raise WebUIError("Depth-to-image is not built yet: it arrives with SD 2 depth support in a later version.")
         settings = self.settings_store.current
         defaults = {"sampler_name": settings.default_sampler, "scheduler": settings.default_scheduler}
         request = GenerationRequest.from_dict({**defaults, **values})  # validation happens here
@@ -202,6 +236,7 @@ class WebUIService:
         hooks = self.manager.hooks_for_job() if self.manager is not None else None
         ctx = PipelineContext(bundle, model_name=checkpoint_path.stem, on_progress=on_progress, cancel=job.cancel,
                               output_dir=output_dir, refiner=refiner, embeddings=self._load_embeddings(), memory=policy,
+                              depth_estimator=self.depth.estimate if self.depth is not None else None,
                               **({"hooks": hooks} if hooks is not None else {}))
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from webui.errors import RequestError, WebUIError
 from webui.ui.services import JobStatus, SettingSpec
 
 COLOURS = ["#d04040", "#40a040", "#4060d0", "#d0a020", "#a040c0", "#20a0a0"]
-DEPTH_LATER = "Depth-to-image arrives in a later version."
+DEPTH_NOTE = "is an SD 2 depth model (fake)"
 
 
 class FakeServices:
@@ -59,6 +59,9 @@ class FakeServices:
     def default_checkpoint(self) -> str | None:
         return self._checkpoints[0]
 
+    def depth_support(self, checkpoint: str | None) -> str:
+        return f"**{checkpoint}** {DEPTH_NOTE}"
+
     def initial_values(self) -> dict[str, Any]:
         return dict(self.initial)
 
@@ -81,8 +84,6 @@ class FakeServices:
         self.submitted.append(dict(values))
         self.submitted_models.append((checkpoint, vae))
         self.owners.append(owner)
-        if "depth_map" in values:
-            raise WebUIError(DEPTH_LATER)
         if checkpoint not in self._checkpoints:
             raise RequestError("checkpoint", checkpoint, "one of " + ", ".join(self._checkpoints))
         request = GenerationRequest.from_dict(values)

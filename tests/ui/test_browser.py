@@ -132,9 +132,10 @@ def test_png_info_round_trip(app, page, tmp_path):
 
 def test_errors_show_in_the_tab(app, page):
     page.get_by_role("tab", name="Depth").click()
+    expect(page.locator("#depth_support")).to_contain_text("SD 2 depth model (fake)")
     page.locator("#depth_generate").click()
-    expect(page.locator("#depth_error")).to_contain_text("init_image")
-    expect(page.locator("#depth_error")).to_contain_text("upload one into the depth tab")
+    expect(page.locator("#depth_error")).to_contain_text("depth_map")
+    expect(page.locator("#depth_error")).to_contain_text("an image, a depth map, or both")
     shot(page, "depth_error")
 
 

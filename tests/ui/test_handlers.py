@@ -9,7 +9,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.ui.conftest import launch
-from tests.ui.fake_services import DEPTH_LATER, FakeServices
+from tests.ui.fake_services import FakeServices
 
 # Outputs of a generate endpoint, in order.
 GALLERY, INFOTEXT, PROGRESS, PREVIEW, ERROR = range(5)
@@ -117,13 +117,18 @@ def test_inpaint_mask_from_editor_layers_and_outpaint(served, tmp_path):
     assert values["mask"] is None and values["outpaint_left"] == 64 and fake.requests[-1].mode == "outpaint"
 
 
-def test_depth_shows_the_services_message(served, tmp_path):
+def test_depth_sends_the_image_and_or_the_depth_map(served, tmp_path):
     fake, client, _ = served
     path = tmp_path / "d.png"
     Image.new("RGB", (32, 32), "gray").save(path)
-    result = client.predict(init_image=handle_file(str(path)), depth_map=None, prompt="depth", api_name="/depth")
-    assert DEPTH_LATER in error_text(result)
-    assert "depth_map" in fake.submitted[-1] and fake.submitted[-1]["depth_map"] is None
+    client.predict(init_image=handle_file(str(path)), depth_map=None, prompt="depth", api_name="/depth")
+    values = fake.submitted[-1]
+    assert values["depth"] is True and values["depth_map"] is None and fake.requests[-1].mode == "depth"
+    client.predict(init_image=None, depth_map=handle_file(str(path)), prompt="depth", api_name="/depth")
+    request = fake.requests[-1]
+    assert request.mode == "depth" and request.init_image is None and request.depth_map.mode == "L"
+    result = client.predict(init_image=None, depth_map=None, prompt="depth", api_name="/depth")
+    assert "<strong>depth_map</strong>: no image yet" in error_text(result)
 
 
 def test_each_client_is_its_own_owner(served):

@@ -10,6 +10,8 @@ Stages, each deterministic by seed:
    Writes `checkpoints/webui-demo.safetensors` and `checkpoints/webui-demo.tokenizer/`.
 3. `lora`: from the saved checkpoint, loaded by the app's own loader, a LoRA that draws hollow outlines
    (`loras/webui-demo-hollow.safetensors`); see `lora_training.py`.
+4. `controlnet`: from the saved checkpoint, a ControlNet that places the shape where a canny edge map
+   puts it (`controlnet/webui-demo-canny.safetensors`); see `controlnet_training.py`.
 76 to 90 minutes on a 2-core CPU (benchmarks/RESULTS.md, "Demo model").
 """
 
@@ -39,6 +41,7 @@ from .tokenizer import write_tokenizer
 
 CHECKPOINT_NAME = "webui-demo"
 LORA_NAME = "webui-demo-hollow"
+CONTROLNET_NAME = "webui-demo-canny"
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,17 @@ class TrainConfig:
     snapshot_every: int = 500  # UNet steps between EMA snapshots in the work folder (to watch progress)
     lora_steps: int = 600
     lora_rank: int = 8
-    stages: tuple[str, ...] = ("vae", "unet", "lora")
+    controlnet_steps: int = 1500
+    controlnet_batch: int = 32
+    controlnet_lr: float = 3e-4
+    controlnet_pool: int = 4096
+    controlnet_no_position: float = 0.8  # of captions lose their position: the edges must place the shape
+    stages: tuple[str, ...] = ("vae", "unet", "lora", "controlnet")
     extra: dict = field(default_factory=dict)
 
 
-QUICK = dict(vae_steps=60, vae_full_steps=10, pool=512, unet_steps=60, snapshot_every=30, lora_steps=30)  # a smoke run of every stage
+QUICK = dict(vae_steps=60, vae_full_steps=10, pool=512, unet_steps=60, snapshot_every=30, lora_steps=30,
+             controlnet_steps=20, controlnet_pool=64)  # a smoke run of every stage
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int = 200) -> float:
@@ -332,6 +341,13 @@ def run(cfg: TrainConfig, models_dir: Path, work_dir: Path) -> dict:
         train_lora(cfg, checkpoint, models_dir / "loras" / f"{LORA_NAME}.safetensors")
         report["seconds"]["lora"] = time.perf_counter() - t0
 
+    if "controlnet" in cfg.stages:
+        from .controlnet_training import train_controlnet
+
+        t0 = time.perf_counter()
+        train_controlnet(cfg, checkpoint, models_dir / "controlnet" / f"{CONTROLNET_NAME}.safetensors")
+        report["seconds"]["controlnet"] = time.perf_counter() - t0
+
     report["seconds"]["total"] = time.perf_counter() - started
     (work_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -342,14 +358,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where checkpoints/ and loras/ are")
     parser.add_argument("--work-dir", type=Path, default=Path("build/demo-model"), help="intermediate files and the report")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stages", default="vae,unet,lora", help="comma-separated subset of vae,unet,lora")
+    parser.add_argument("--stages", default="vae,unet,lora,controlnet",
+                        help="comma-separated subset of vae,unet,lora,controlnet")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage (a smoke test, not a model)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    unknown = set(stages) - {"vae", "unet", "lora"}
+    unknown = set(stages) - {"vae", "unet", "lora", "controlnet"}
     if unknown:
-        parser.error(f"--stages: unknown stage(s) {sorted(unknown)}; choose from vae, unet, lora")
+        parser.error(f"--stages: unknown stage(s) {sorted(unknown)}; choose from vae, unet, lora, controlnet")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(seed=args.seed, stages=stages, **(QUICK if args.quick else {}))

@@ -68,6 +68,11 @@ class GenerationRequest:
     inpaint_full_res: bool = False  # True: "Only masked" inpaint area
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    # Depth-to-image (the depth tab): generation follows a depth map, `depth_map` (white = near) or, when
+    # none is given, one estimated from init_image. With init_image it is denoised like img2img (by
+    # denoising_strength); with a depth map alone, generated from noise. A depth map implies depth=True.
+    depth: bool = False
+    depth_map: Image.Image | None = None
     # Outpainting: extend the canvas of init_image by these many pixels, then inpaint the new area.
     outpaint_left: int = 0
     outpaint_right: int = 0
@@ -97,6 +102,8 @@ class GenerationRequest:
 
     @property
     def mode(self) -> str:
+        if self.depth:
+            return "depth"
         if self.init_image is None:
             return "txt2img"
         if self.outpaint_left or self.outpaint_right or self.outpaint_top or self.outpaint_bottom:
@@ -202,7 +209,7 @@ def _validate(r: GenerationRequest) -> None:
         _number(r, name, 0, 16384, integer=True)
     for name in ("sdxl_aesthetic_score", "sdxl_negative_aesthetic_score"):
         _number(r, name, 0.0, 10.0)
-    for name in ("init_image", "mask"):
+    for name in ("init_image", "mask", "depth_map"):
         value = getattr(r, name)
         if value is not None and not isinstance(value, Image.Image):
             raise RequestError(name, type(value).__name__, "an image")
@@ -211,5 +218,16 @@ def _validate(r: GenerationRequest) -> None:
     if r.mask is not None and r.mask.size != r.init_image.size:
         raise RequestError("mask", f"{r.mask.width}x{r.mask.height}",
                            f"the size of init_image ({r.init_image.width}x{r.init_image.height})")
+    if not isinstance(r.depth, bool):
+        raise RequestError("depth", r.depth, "true or false")
+    if r.depth_map is not None:
+        _set(r, "depth", True)
+    if r.depth:
+        if r.init_image is None and r.depth_map is None:
+            raise RequestError("depth_map", None, "a depth map or an input image (init_image) to estimate one from")
+        if r.mask is not None:
+            raise RequestError("mask", "a mask", "no mask: depth-to-image repaints the whole image")
+        if r.outpaint_left or r.outpaint_right or r.outpaint_top or r.outpaint_bottom:
+            raise RequestError("outpaint_left", "outpainting", "no outpainting with depth-to-image")
     if not isinstance(r.extensions, Mapping):
         raise RequestError("extensions", r.extensions, "a mapping from extension name to its parameters")

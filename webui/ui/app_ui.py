@@ -43,7 +43,19 @@ def build_ui(services: UIServices, *, title: str = "webui") -> gr.Blocks:
         for tab in generation.values():
             wire_generation_tab(services, tab, checkpoint, vae)
         wire_send_buttons(services, generation, png_info)
+        wire_mode_info(services, generation.values(), checkpoint, demo)
     return demo
+
+
+def wire_mode_info(services: UIServices, tabs, checkpoint: Component, demo: gr.Blocks) -> None:
+    """Tabs with a note about the chosen checkpoint (the depth tab) show it on load and when it changes."""
+    for tab in tabs:
+        info = tab.mode.info
+        if info is None:
+            continue
+        options = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+        demo.load(services.depth_support, inputs=checkpoint, outputs=info, **options)
+        checkpoint.change(services.depth_support, inputs=checkpoint, outputs=info, **options)
 
 
 def build_model_bar(services: UIServices) -> tuple[FieldDropdown, FieldDropdown]:

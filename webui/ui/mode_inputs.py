@@ -34,6 +34,7 @@ class ModeInputs:
     finish: Finish = _unchanged
     image_target: Component | None = None  # receives images sent from other tabs
     image_value: Callable[[Image.Image], Any] = lambda image: image
+    info: Component | None = None  # a note about the chosen checkpoint (the depth tab), updated with it
 
 
 def _require_image(values: dict[str, Any], tab: str) -> None:
@@ -118,15 +119,19 @@ def inpaint_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs
 
 
 def depth_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs:
-    """Depth-to-image: the engine side arrives in a later issue; the request carries `depth_map` (None: estimate)."""
+    """Depth-to-image: an image (denoised like img2img) and/or a depth map (white = near); without a map the
+    depth is estimated from the image."""
+    info = gr.Markdown("", elem_id="depth_support")
     with gr.Row():
-        image = _input_image("depth_image", "Image")
+        image = _input_image("depth_image", "Image (optional with a depth map)")
         depth_map = _input_image("depth_map_upload", "Depth map (optional; white = near)", image_mode="L")
     b = {"init_image": Binding(image)}
     b.update(_resize_and_denoise("depth", defaults))
 
     def finish(extra: Mapping[str, Any], request_values: dict[str, Any]) -> dict[str, Any]:
-        _require_image(request_values, "depth")
-        return {**request_values, "depth_map": extra.get("depth_map")}
+        depth = extra.get("depth_map")
+        if request_values.get("init_image") is None and depth is None:
+            raise MissingImage("depth_map", "the depth tab first: an image, a depth map, or both")
+        return {**request_values, "depth": True, "depth_map": depth}
 
-    return ModeInputs(b, extra={"depth_map": depth_map}, finish=finish, image_target=image)
+    return ModeInputs(b, extra={"depth_map": depth_map}, finish=finish, image_target=image, info=info)

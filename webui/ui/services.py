@@ -57,6 +57,7 @@ class UIServices(Protocol):
     def vaes(self) -> list[str]: ...  # "Automatic" (the checkpoint's own VAE) first, then VAE files
     def refresh_models(self) -> None: ...
     def default_checkpoint(self) -> str | None: ...  # the user's first checkpoint; the demo model if none
+    def depth_support(self, checkpoint: str | None) -> str: ...  # Markdown: how the depth tab works with it
     def initial_values(self) -> dict[str, Any]: ...
     # ^ GenerationRequest field values the generation tabs start from, over the request defaults
     #   (e.g. the demo preset's 128x128 when the app starts on the demo model); read once, when the UI is built

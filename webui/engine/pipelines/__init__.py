@@ -1,6 +1,6 @@
 """Generation pipelines, one function per mode, each written as numbered steps.
 
-`generate(request, ctx)` picks the pipeline from the request (txt2img, img2img, inpaint, outpaint),
+`generate(request, ctx)` picks the pipeline from the request (txt2img, img2img, inpaint, outpaint, depth),
 and runs it again with stronger memory savers when it runs out of memory.
 """
 
@@ -15,11 +15,12 @@ from ..memory.policy import apply_policy
 from ..patching import patched
 from ..request import GenerationRequest
 from .context import CancelToken, GenerationResult, PipelineContext, ProgressEvent
+from .depth import depth
 from .img2img import img2img
 from .inpaint import inpaint, outpaint
 from .txt2img import txt2img
 
-PIPELINES = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "outpaint": outpaint}
+PIPELINES = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "outpaint": outpaint, "depth": depth}
 
 
 log = logging.getLogger(__name__)

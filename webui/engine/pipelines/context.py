@@ -75,6 +75,9 @@ class PipelineContext:
     original_request: GenerationRequest | None = None
     # How this job uses memory (VAE tiling, attention, offload); default: the bundle as loaded, tiling on demand.
     memory: MemoryPolicy | None = None
+    # Depth models (and depth-to-image) without a depth map: image -> (1, h, w) relative inverse depth
+    # (larger = nearer), e.g. a `models.depth_estimator.DepthEstimator`; None: a depth map must be given.
+    depth_estimator: Callable[[Image.Image], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not self.model_name:

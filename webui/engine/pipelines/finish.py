@@ -37,7 +37,7 @@ def infotext_params(ctx: PipelineContext, request: GenerationRequest, seed: int,
         "VAE": bundle.vae_path.name if bundle.vae_path else None,
         "Variation seed": subseed if request.subseed_strength else None,
         "Variation seed strength": request.subseed_strength or None,
-        "Denoising strength": request.denoising_strength if mode != "txt2img" else (
+        "Denoising strength": request.denoising_strength if request.init_image is not None else (
             request.hr_denoising_strength if request.enable_hr else None),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "RNG": "CPU",
@@ -63,6 +63,8 @@ def infotext_params(ctx: PipelineContext, request: GenerationRequest, seed: int,
         if request.inpaint_full_res:
             params["Inpaint area"] = "Only masked"
             params["Masked area padding"] = request.inpaint_full_res_padding
+    if request.depth:
+        params["Depth map"] = "uploaded" if request.depth_map is not None else "estimated"
     if mode == "outpaint":
         params["Outpaint"] = (f"left {request.outpaint_left}, right {request.outpaint_right}, "
                               f"top {request.outpaint_top}, bottom {request.outpaint_bottom}")

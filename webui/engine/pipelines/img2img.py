@@ -13,8 +13,8 @@ from .finish import finish_batch, new_result
 from .images import resize_image, to_tensor
 from .refiner import with_refiner
 from .steps import (
-    SeedPlan, build_denoiser, decode, encode, encode_prompts, img2img_sigmas, inpainting_conditioning, latent_shape,
-    model_schedule, noised, sample,
+    SeedPlan, build_denoiser, decode, depth_conditioning, encode, encode_prompts, img2img_sigmas,
+    inpainting_conditioning, latent_shape, model_schedule, noised, sample,
 )
 
 
@@ -22,8 +22,6 @@ def img2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
     # 1. Validate and plan seeds.
     if request.init_image is None:
         raise RequestError("init_image", None, "an input image for img2img")
-    if ctx.bundle.spec.variant == "depth":
-        raise RequestError("init_image", "a depth model", "a depth map: depth models are used from the depth tab")
     plan = SeedPlan.of(request)
     result = new_result(request)
 
@@ -31,12 +29,15 @@ def img2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
     image = resize_image(request.init_image, request.width, request.height, request.resize_mode)
     init = encode(ctx, image).expand(request.batch_size, -1, -1, -1)
 
-    # 3. Prompts, denoiser (an inpainting model sees an all-white mask and the whole image).
+    # 3. Prompts, denoiser (an inpainting model sees an all-white mask and the whole image; a depth model
+    #    the depth map, or the input image's estimated depth).
     cond, uncond = encode_prompts(ctx, request)
     concat = None
     if ctx.bundle.spec.variant == "inpaint":  # fully masked, as A1111 does for plain img2img
         pixels = to_tensor(image)
         concat = inpainting_conditioning(ctx, pixels, torch.ones_like(pixels[:, :1]), request.batch_size)
+    elif ctx.bundle.spec.variant == "depth":
+        concat = depth_conditioning(ctx, request, image, request.width, request.height)
     denoiser = build_denoiser(ctx, request, cond, uncond, concat)
 
     # 4. The tail of the schedule that denoising strength selects; the refiner, if any, takes over within it.

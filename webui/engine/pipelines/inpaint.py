@@ -17,8 +17,8 @@ from .finish import finish_batch, new_result
 from .images import crop_region, expand_to_aspect, fill_masked, mask_to_tensor, prepare_mask, resize_image, to_tensor
 from .refiner import with_refiner
 from .steps import (
-    SeedPlan, build_denoiser, decode, encode, encode_prompts, img2img_sigmas, inpainting_conditioning, latent_shape,
-    model_schedule, noised, sample,
+    SeedPlan, build_denoiser, decode, depth_conditioning, encode, encode_prompts, img2img_sigmas,
+    inpainting_conditioning, latent_shape, model_schedule, noised, sample,
 )
 
 
@@ -43,8 +43,6 @@ def inpaint(
     # 1. Validate and plan seeds.
     if request.init_image is None or request.mask is None:
         raise RequestError("mask", None, "an input image and a mask (white = repaint) for inpainting")
-    if ctx.bundle.spec.variant == "depth":
-        raise RequestError("init_image", "a depth model", "a depth map: depth models are used from the depth tab")
     plan = SeedPlan.of(request)
     result = new_result(report_as or request)
     original = request.init_image.convert("RGB")
@@ -76,11 +74,14 @@ def inpaint(
     repaint = mask_to_tensor(work_mask.resize((w, h), Image.BICUBIC)).round().to(ctx.bundle.device)
     keep = 1.0 - repaint
 
-    # 6. Prompts; 9-channel inpainting models also see the mask and the image without the masked area.
+    # 6. Prompts; 9-channel inpainting models also see the mask and the image without the masked area,
+    #    depth models the estimated depth of the area worked on.
     cond, uncond = encode_prompts(ctx, request)
     concat = None
     if ctx.bundle.spec.variant == "inpaint":
         concat = inpainting_conditioning(ctx, to_tensor(work), mask_to_tensor(work_mask), request.batch_size)
+    elif ctx.bundle.spec.variant == "depth":
+        concat = depth_conditioning(ctx, request, work, *size)
     sigmas = img2img_sigmas(request, model_schedule(ctx), request.steps, request.denoising_strength)
     model, switch = with_refiner(ctx, request, build_denoiser(ctx, request, cond, uncond, concat), sigmas, request.steps)
     denoiser = KeepUnmasked(model, init, keep)

@@ -25,7 +25,7 @@ from ..sampling.noise import ImageRNG, resolve_seed
 from ..sampling.registry import SamplerInfo, effective_schedule, sampler_info
 from ..sampling.schedules import make_sigmas
 from .context import PipelineContext, ProgressEvent
-from .images import to_images, to_tensor
+from .images import mask_to_tensor, resize_image, to_images, to_tensor
 from .sdxl import sdxl_vector
 
 if TYPE_CHECKING:
@@ -320,3 +320,38 @@ def inpainting_conditioning(ctx: PipelineContext, image: torch.Tensor, mask: tor
     latent = encode(ctx, image * (1.0 - mask))
     small_mask = F.interpolate(mask, size=latent.shape[-2:], mode="nearest")
     return torch.cat([small_mask, latent], dim=1).expand(batch_size, -1, -1, -1).to(ctx.bundle.device)
+
+
+def depth_conditioning(ctx: PipelineContext, request: GenerationRequest, image: Image.Image | None, width: int,
+                       height: int) -> torch.Tensor:
+    """The extra input of SD 2 depth models: (batch_size, 1, h, w), the depth at latent size in [-1, 1].
+
+    From the request's depth map (white = near), fitted to width x height by its resize mode, or else
+    estimated from `image` (the input image at that size) by the context's depth estimator.
+    """
+    if request.depth_map is not None:
+        fitted = resize_image(request.depth_map, width, height, request.resize_mode).convert("L")
+        depth = mask_to_tensor(fitted)[0]  # (1, H, W) in [0, 1]
+    elif image is None:
+        raise RequestError("depth_map", None, "a depth map or an input image: depth models generate from depth")
+    elif ctx.depth_estimator is None:
+        raise RequestError("depth_map", None, "a depth map (no depth estimator is installed: put a DPT model "
+                           "folder such as Intel/dpt-hybrid-midas in models/depth, or upload a depth map)")
+    else:
+        with out_of_memory_at("depth estimation", size_detail(width, height, 1)):
+            depth = ctx.depth_estimator(image)
+    factor = ctx.bundle.spec.vae.downscale
+    normalised = normalise_depth(depth, (height // factor, width // factor))
+    return normalised.expand(request.batch_size, -1, -1, -1).to(ctx.bundle.device)
+
+
+def normalise_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) depth -> (B, 1, h, w) in [-1, 1]: resized (bicubic) to `size`, then each image's range
+    stretched to [-1, 1], as the SD 2 depth model was trained (diffusers' `prepare_depth_map`). A flat
+    map, which has no range, is all zeros."""
+    depth = F.interpolate(depth.float()[:, None], size=size, mode="bicubic", align_corners=False)
+    low = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
+    high = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
+    span = high - low
+    return torch.where(span > 0, 2.0 * (depth - low) / span.clamp(min=torch.finfo(torch.float32).tiny) - 1.0,
+                       torch.zeros_like(depth))

@@ -13,7 +13,8 @@ from .context import GenerationResult, PipelineContext
 from .finish import finish_batch, new_result
 from .refiner import with_refiner
 from .steps import (
-    SeedPlan, build_denoiser, decode, encode, encode_prompts, img2img_sigmas, inpainting_conditioning, latent_shape,
+    SeedPlan, build_denoiser, decode, depth_conditioning, encode, encode_prompts, img2img_sigmas, inpainting_conditioning,
+    latent_shape,
     model_schedule, noised, pure_noise, sample, sampling_sigmas, upscale_latents,
 )
 
@@ -21,8 +22,6 @@ from .steps import (
 def txt2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResult:
     # 1. Validate what the request cannot check alone, and plan every image's seed.
     variant = ctx.bundle.spec.variant
-    if variant == "depth":
-        raise RequestError("init_image", None, "an input image: depth models generate from a depth map (use img2img)")
     if ctx.bundle.spec.family == "sdxl_refiner":
         raise RequestError("init_image", None, "an input image: the SDXL refiner only refines; use it in img2img, "
                            "or choose it as refiner_checkpoint of an SDXL base model")
@@ -31,7 +30,7 @@ def txt2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
 
     # 2. Encode the prompt and negative prompt once for all batches.
     cond, uncond = encode_prompts(ctx, request)
-    concat = inpainting_txt2img_conditioning(ctx, request) if variant == "inpaint" else None
+    concat = extra_channels(ctx, request)
     denoiser = build_denoiser(ctx, request, cond, uncond, concat)
     schedule = model_schedule(ctx)
     sigmas = sampling_sigmas(request, schedule, request.steps)
@@ -87,9 +86,7 @@ def hires_pass(ctx, request, latents, seeds, subseeds, cond, uncond, batch) -> t
         resample = {"Lanczos": 1, "Nearest": 0}[request.hr_upscaler]
         images = [im.resize((width, height), resample) for im in decode(ctx, latents)]
         upscaled = torch.cat([encode(ctx, im) for im in images]).to(latents.device)
-    concat = None
-    if ctx.bundle.spec.variant == "inpaint":
-        concat = inpainting_txt2img_conditioning(ctx, request, width, height)
+    concat = extra_channels(ctx, request, width, height)
     denoiser = build_denoiser(ctx, request, cond, uncond, concat, size=(width, height))
     steps = request.hr_second_pass_steps or request.steps
     sigmas = img2img_sigmas(request, model_schedule(ctx), steps, request.hr_denoising_strength)
@@ -100,7 +97,14 @@ def hires_pass(ctx, request, latents, seeds, subseeds, cond, uncond, batch) -> t
         return sample(ctx, request, denoiser, x, sigmas, rng, batch, phase="hires", switch=switch)
 
 
-def inpainting_txt2img_conditioning(ctx, request, width=None, height=None) -> torch.Tensor:
-    """What a 9-channel inpainting model sees in txt2img: everything masked."""
+def extra_channels(ctx, request, width=None, height=None) -> torch.Tensor | None:
+    """What inpainting and depth models see besides the latents in txt2img: everything masked (inpainting),
+    or the request's depth map (depth)."""
     width, height = width or request.width, height or request.height
-    return inpainting_conditioning(ctx, torch.zeros(1, 3, height, width), torch.ones(1, 1, height, width), request.batch_size)
+    variant = ctx.bundle.spec.variant
+    if variant == "inpaint":
+        return inpainting_conditioning(ctx, torch.zeros(1, 3, height, width), torch.ones(1, 1, height, width),
+                                       request.batch_size)
+    if variant == "depth":
+        return depth_conditioning(ctx, request, None, width, height)
+    return None
