@@ -10,6 +10,7 @@ import re
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import save_file
@@ -19,6 +20,7 @@ from webui.app import launch
 from webui.config import LaunchOptions
 
 from .engine.models.tiny_checkpoints import Recipe, make_checkpoint
+from .extensions.builtin.controlnet.tiny import make_controlnet
 
 pytestmark = needs_browser
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright")
@@ -32,6 +34,10 @@ def app(tmp_path_factory):
     checkpoint = make_checkpoint(Recipe("sd1"), seed=1)
     save_file(checkpoint, str(root / "models" / "checkpoints" / "tiny.safetensors"))
     save_lora(checkpoint, root / "models" / "loras" / "style.safetensors")
+    # Sorted after "tiny", so "tiny" stays the default checkpoint; the depth tab test switches to it.
+    save_file(make_checkpoint(Recipe("sd2", "depth"), seed=2), str(root / "models" / "checkpoints" / "v2-depth.safetensors"))
+    (root / "models" / "controlnet").mkdir()
+    save_file(make_controlnet(Recipe("sd1"), seed=3), str(root / "models" / "controlnet" / "tiny-canny.safetensors"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -167,3 +173,58 @@ def test_lora_picker_and_extensions_tab(app, page):
     expect(table).to_contain_text("lora")
     expect(table).to_contain_text("loaded")
     shot(page, "real_extensions")
+
+
+def choose(page, elem_id: str, value: str) -> None:
+    """Pick `value` in a dropdown: typing filters the options, Enter takes the match."""
+    choice = page.locator(f"#{elem_id} input")
+    choice.click()
+    choice.fill(value)
+    choice.press("Enter")
+    expect(choice).to_have_value(value)
+
+
+def test_a_controlnet_unit_from_txt2img(app, page, tmp_path):
+    control = tmp_path / "control.png"
+    image = Image.new("RGB", (64, 64), (20, 20, 20))
+    image.paste((230, 230, 230), (10, 12, 40, 44))
+    image.save(control)
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img_prompt textarea").fill("a square")
+    page.locator("#txt2img_ext_controlnet").get_by_text("ControlNet").first.click()  # open the accordion
+    page.locator("#txt2img_controlnet_unit0_image input[type=file]").set_input_files(str(control))
+    expect(page.locator("#txt2img_controlnet_unit0_image img")).to_be_visible()
+    page.locator("#txt2img_controlnet_unit0_enabled input").check()
+    choose(page, "txt2img_controlnet_unit0_module", "canny")
+    expect(page.locator("#txt2img_controlnet_unit0_threshold_a")).to_contain_text("Low threshold")
+    choose(page, "txt2img_controlnet_unit0_model", "tiny-canny.safetensors")
+    page.locator("#txt2img_controlnet_unit0_run_preview").click()
+    expect(page.locator("#txt2img_controlnet_unit0_preview img")).to_be_visible(timeout=30_000)
+    small(page, "txt2img", steps=2)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(
+        re.compile(r'ControlNet 0: "Module: canny, Model: tiny-canny \[[0-9a-f]{8}\], Weight: 1, .*Threshold A: 100, '
+                   r"Threshold B: 200"), timeout=60_000)
+    expect(page.locator("#txt2img_error")).to_be_hidden()
+    shot(page, "real_controlnet")
+    page.locator("#txt2img_controlnet_unit0_enabled input").uncheck()
+
+
+def test_the_depth_tab_with_an_uploaded_depth_map(app, page, tmp_path):
+    depth_map = tmp_path / "depth.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1)), "L").save(depth_map)
+    choose(page, "checkpoint", "v2-depth.safetensors")
+    try:
+        page.get_by_role("tab", name="Depth").click()
+        expect(page.locator("#depth_support")).to_contain_text("is an SD 2 depth model")
+        page.locator("#depth_map_upload input[type=file]").set_input_files(str(depth_map))
+        expect(page.locator("#depth_map_upload img")).to_be_visible()
+        page.locator("#depth_prompt textarea").fill("a room")
+        small(page, "depth", steps=2)
+        page.locator("#depth_generate").click()
+        expect(page.locator("#depth_gallery img").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#depth_infotext textarea")).to_have_value(re.compile(r"Depth map: uploaded"))
+        expect(page.locator("#depth_error")).to_be_hidden()
+        shot(page, "real_depth")
+    finally:
+        choose(page, "checkpoint", "tiny.safetensors")
