@@ -6,14 +6,16 @@ import torch
 
 from webui.demo_model import architecture as arch
 from webui.demo_model.scenes import Scene, shape_mask
-from webui.demo_model.train import CHECKPOINT_NAME, LORA_NAME, TrainConfig, latent_cover, run
+from webui.demo_model.controlnet_training import without_position
+from webui.demo_model.train import CHECKPOINT_NAME, CONTROLNET_NAME, LORA_NAME, TrainConfig, latent_cover, run
 from webui.engine.models.loading import load_checkpoint
 from webui.engine.pipelines import PipelineContext, generate
 from webui.engine.request import GenerationRequest
 
 from ..extensions.helpers import load_builtin_extensions
 
-TINY = TrainConfig(vae_steps=2, vae_full_steps=2, pool=64, unet_steps=3, unet_batch=4, snapshot_every=2, lora_steps=2)
+TINY = TrainConfig(vae_steps=2, vae_full_steps=2, pool=64, unet_steps=3, unet_batch=4, snapshot_every=2, lora_steps=2,
+                   controlnet_steps=2, controlnet_batch=2, controlnet_pool=8)
 
 
 def test_fold_latent_scale_keeps_the_round_trip_and_scales_the_latents():
@@ -44,7 +46,7 @@ def test_latent_cover_is_the_shape_s_share_of_each_8x8_cell():
 def test_every_stage_writes_files_the_app_loads(tmp_path):
     models = tmp_path / "models"
     report = run(TINY, models, tmp_path / "work")
-    assert set(report["seconds"]) == {"vae", "encode", "unet", "lora", "total"}
+    assert set(report["seconds"]) == {"vae", "encode", "unet", "lora", "controlnet", "total"}
     assert (tmp_path / "work" / f"{CHECKPOINT_NAME}-step2.safetensors").is_file()  # an EMA snapshot
 
     checkpoint = models / "checkpoints" / f"{CHECKPOINT_NAME}.safetensors"
@@ -60,3 +62,17 @@ def test_every_stage_writes_files_the_app_loads(tmp_path):
     result = generate(request, PipelineContext(bundle, hooks=manager.hooks_for_job()))
     assert not result.notices  # every layer of the LoRA file matched a layer of the model
     assert result.images[0].size == (64, 64)
+
+    # The ControlNet, through the ControlNet extension as users' files go: original layout, made for SD 1.x.
+    unit = {"model": f"{CONTROLNET_NAME}.safetensors", "module": "canny", "image": result.images[0]}
+    request = GenerationRequest(prompt="a red circle", width=64, height=64, steps=2, seed=1,
+                                extensions={"controlnet": {"units": [unit]}})
+    manager.check_request(request)
+    result = generate(request, PipelineContext(bundle, hooks=manager.hooks_for_job()))
+    assert not result.notices and f"Model: {CONTROLNET_NAME} [" in result.infotexts[0]
+
+
+def test_captions_can_lose_their_position_for_the_controlnet():
+    assert without_position("a red circle at the top left on a blue background") == "a red circle on a blue background"
+    assert without_position("a small square in the centre") == "a small square"
+    assert without_position("a red circle on a blue background") == "a red circle on a blue background"

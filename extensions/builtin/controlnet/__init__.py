@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from webui.engine.memory.attention import set_attention
+from webui.engine.memory.offload import Placement
 from webui.errors import ModelLoadError, RequestError
 from webui.plugins import ControlsSpec, Route, hookimpl
 
@@ -62,16 +64,26 @@ def file_hash(context, path: Path) -> str:
     return cache[key]
 
 
-def networks_for(context, paths: list[Path], dtype, device) -> list:
-    """The loaded networks for `paths`, kept between jobs; networks no longer asked for are let go."""
+def networks_for(context, paths: list[Path], bundle) -> list:
+    """The loaded networks for `paths`, in the UNet's dtype, kept between jobs (networks no longer asked for
+    are let go) and placed as the UNet is: with sequential offload layer by layer, otherwise on the device
+    for the whole sampling (they run at every step beside the UNet). They use the UNet's attention backend."""
     cache: dict = context.state.setdefault("networks", {})
-    keys = [(*_file_key(p), str(dtype), str(device)) for p in paths]
+    dtype = bundle.unet.dtype
+    keys = [(*_file_key(p), str(dtype), str(bundle.device)) for p in paths]
     for key in [k for k in cache if k not in keys]:
         del cache[key]
+    sequential = bundle.placement is not None and bundle.placement.mode == "sequential"
+    attention = next((m.attention_config for m in bundle.unet.modules() if hasattr(m, "attention_config")), None)
     for key, path in zip(keys, paths):
         if key not in cache:
-            cache[key] = load_controlnet(path, dtype=dtype, device=device)
-    return [cache[key] for key in keys]
+            network = load_controlnet(path, dtype=dtype, device="cpu")
+            cache[key] = (network, Placement({"controlnet": network}, bundle.device))
+        network, placement = cache[key]
+        placement.set_mode("sequential" if sequential else "none")
+        if attention is not None:
+            set_attention(network, attention)
+    return [cache[key][0] for key in keys]
 
 
 def depth_controlnet(context, family: str) -> str | None:
@@ -161,7 +173,7 @@ def wrap_model(model, request, bundle, sampling, context):
             raise RequestError(f"{NAME}.units[{i}].model", unit.model,
                                f"a ControlNet for {bundle.spec.label} models (this one is for {config.label} "
                                f"models, {config.unet.context_dim}-wide text features)")
-    networks = networks_for(context, paths, bundle.unet.dtype, bundle.device)
+    networks = networks_for(context, paths, bundle)
     active = [ActiveUnit(u, n, m) for u, n, m in zip(units, networks, params["maps"])]
     return ControlledModel(model, active, sampling, bundle.spec.vae.downscale)
 
@@ -175,12 +187,16 @@ def infotext_fields(request, context):
 
 
 @hookimpl
-def read_infotext(params):
+def read_infotext(params, context):
+    """The units as the tab's controls take them; a model name is given as it is listed when it is here."""
+    listed = {Path(name).with_suffix("").as_posix(): name for name in context.services["model_names"](MODEL_KIND)}
     values: dict[str, Any] = {}
     for key, text in params.items():
         if key.startswith("ControlNet ") and key[len("ControlNet "):].isdigit():
             index = int(key[len("ControlNet "):])
-            values.update({f"unit{index}_{name}": value for name, value in read_infotext_value(text).items()})
+            unit = read_infotext_value(text)
+            unit["model"] = listed.get(unit.get("model", ""), unit.get("model", ""))
+            values.update({f"unit{index}_{name}": value for name, value in unit.items()})
     return values or None
 
 

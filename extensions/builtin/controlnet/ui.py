@@ -71,8 +71,9 @@ def build_units(context, tab: str) -> dict[str, Any]:
                 with gr.Row():
                     c["module"] = gr.Dropdown(list(PREPROCESSORS), value="none", label="Preprocessor",
                                               elem_id=f"{tab}_controlnet_unit{i}_module")
+                    # Custom values: an infotext may name a model that is not here; the request check says so.
                     c["model"] = gr.Dropdown(model_names(), value="", label="Model (models/controlnet)",
-                                             elem_id=f"{tab}_controlnet_unit{i}_model")
+                                             allow_custom_value=True, elem_id=f"{tab}_controlnet_unit{i}_model")
                     refresh = gr.Button("🔄", scale=0, min_width=48, elem_id=f"{tab}_controlnet_unit{i}_refresh")
                     run_preview = gr.Button("Preview", scale=0, min_width=90,
                                             elem_id=f"{tab}_controlnet_unit{i}_run_preview")

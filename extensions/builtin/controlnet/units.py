@@ -203,4 +203,11 @@ def read_infotext_value(text: str) -> dict[str, Any]:
             continue
     if unit.get("module") not in PREPROCESSORS:
         unit["module"] = "none"  # another tool's preprocessor: the user picks one of ours
+    for name, choices in (("control_mode", CONTROL_MODES), ("resize_mode", RESIZE_MODES)):
+        if name in unit:  # our spelling, or left out when it is none of ours
+            match = next((c for c in choices if c.lower() == str(unit[name]).lower()), None)
+            if match is None:
+                del unit[name]
+            else:
+                unit[name] = match
     return unit

@@ -87,7 +87,7 @@ def test_infotext_names_each_unit_and_reads_back_into_the_controls(models, manag
     assert "Weight: 0.8" in params["ControlNet 0"] and "Guidance End: 0.5" in params["ControlNet 0"]
     assert "Module: depth, Model: tiny-depth-sd1 [" in params["ControlNet 1"]
     values = {record.name: v for record, v in manager.call("read_infotext", {"params": params})}["controlnet"]
-    assert values["unit0_module"] == "canny" and values["unit0_model"] == "tiny-canny-sd1"
+    assert values["unit0_module"] == "canny" and values["unit0_model"] == "tiny-canny-sd1.safetensors"  # as listed
     assert values["unit0_weight"] == 0.8 and values["unit0_control_mode"] == "My prompt is more important"
     assert values["unit1_module"] == "depth" and values["unit1_enabled"] is True
 
@@ -133,11 +133,36 @@ def test_hires_fix_and_inpainting_run_with_a_unit(models, manager):
 def test_networks_are_loaded_once_and_let_go_when_no_longer_used(models, manager):
     run(models, manager, extensions={"controlnet": unit()})
     state = manager.record("controlnet").context.state
-    first = list(state["networks"].values())
+    first = [network for network, _ in state["networks"].values()]
     run(models, manager, extensions={"controlnet": unit(weight=0.5)})
-    assert list(state["networks"].values()) == first  # the same object: not loaded again
+    assert [network for network, _ in state["networks"].values()] == first  # the same object: not loaded again
     run(models, manager, extensions={"controlnet": unit(model="tiny-depth-sd1")})
-    assert len(state["networks"]) == 1 and list(state["networks"].values()) != first
+    assert len(state["networks"]) == 1 and [n for n, _ in state["networks"].values()] != first
+
+
+def test_networks_follow_the_unet_s_offload_mode_and_attention(models, manager):
+    """On this CPU-only machine the moves are no-ops; the placement's bookkeeping is what is checked
+    (as in tests/engine/memory/test_offload.py)."""
+    from webui.engine.memory.attention import AttentionConfig, set_attention
+    from webui.engine.memory.policy import MemoryPolicy, apply_policy
+
+    bundle = models[1]
+    plain = run(models, manager, extensions={"controlnet": unit()})
+    sliced = AttentionConfig("sliced", 16)
+    try:
+        apply_policy(bundle, MemoryPolicy())  # places the networks: bundle.placement exists from here
+        bundle.placement.set_mode("sequential")
+        set_attention(bundle.unet, sliced)
+        offloaded = run(models, manager, extensions={"controlnet": unit()})
+        network, placement = next(iter(manager.record("controlnet").context.state["networks"].values()))
+        assert placement.mode == "sequential" and placement.moves > 0  # layer by layer, as the UNet
+        assert all(m.attention_config == sliced for m in network.modules() if hasattr(m, "attention_config"))
+        assert (pixels(offloaded.images[0]) - pixels(plain.images[0])).abs().max() <= 1  # sliced: rounding only
+        bundle.placement.set_mode("none")
+        run(models, manager, extensions={"controlnet": unit()})
+        assert placement.mode == "none"
+    finally:
+        apply_policy(bundle, MemoryPolicy())
 
 
 # --- how units combine, and when they act -----------------------------------------------------------------

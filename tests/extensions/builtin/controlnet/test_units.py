@@ -68,9 +68,11 @@ def test_the_infotext_value_reads_back_into_the_unit():
                                                                                    "threshold_b": 200})
 
 
-def test_another_tool_s_preprocessor_reads_back_as_none():
-    back = read_infotext_value("Module: openpose_full, Model: pose [aaaaaaaa], Weight: 1, Junk, Control Mode: Balanced")
+def test_another_tool_s_values_read_back_as_ours_or_not_at_all():
+    back = read_infotext_value("Module: openpose_full, Model: pose [aaaaaaaa], Weight: 1, Junk, Control Mode: balanced, "
+                               "Resize Mode: Envelope")
     assert back["module"] == "none" and back["model"] == "pose" and back["control_mode"] == "Balanced"
+    assert "resize_mode" not in back
 
 
 def test_raw_units_keeps_the_order_of_the_flat_keys():
