@@ -198,3 +198,55 @@ def test_memory_settings_apply_to_the_next_job_and_flags_override_them(tmp_path)
         assert policy.vae_tiling == "on"  # from Settings: no flag given
     finally:
         service.jobs.stop()
+
+
+# --- ControlNet and depth-to-image through the service -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def depth_service(tmp_path_factory):
+    from .engine.models.tiny_checkpoints import save_tiny_dpt
+    from .extensions.builtin.controlnet.tiny import make_controlnet
+
+    root = tmp_path_factory.mktemp("depth-app")
+    models = root / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "controlnet").mkdir()
+    save_file(make_checkpoint(Recipe("sd1"), seed=1), str(models / "checkpoints" / "tiny.safetensors"))
+    save_file(make_checkpoint(Recipe("sd2", "depth"), seed=2), str(models / "checkpoints" / "v2-depth.safetensors"))
+    save_file(make_controlnet(Recipe("sd1"), seed=3), str(models / "controlnet" / "canny.safetensors"))
+    save_tiny_dpt(models / "depth" / "tiny-dpt")
+    options = LaunchOptions(models_dir=models, outputs_dir=root / "outputs", settings_file=root / "s.json",
+                            presets_dir=Path(__file__).resolve().parent.parent / "presets", precision="fp32")
+    service = build_service(options)
+    yield service
+    service.jobs.stop()
+
+
+def test_the_depth_tab_note_says_which_path_applies(depth_service):
+    assert "is an SD 2 depth model" in depth_service.depth_support("v2-depth.safetensors")
+    assert "the depth estimator tiny-dpt" in depth_service.depth_support("v2-depth.safetensors")
+    note = depth_service.depth_support("tiny.safetensors")
+    assert "(SD 1.x) is not a depth model, and models/controlnet has no depth ControlNet" in note
+
+
+def test_a_depth_job_estimates_the_depth_with_the_installed_estimator(depth_service):
+    image = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[:, None, None], (1, 64, 3)))
+    job = depth_service.submit("ann", "v2-depth", None, {**SMALL, "init_image": image, "depth": True})
+    status = wait(depth_service, "ann", job)
+    assert status.state == "done", status.error
+    assert "Depth map: estimated" in status.infotexts[0] and "depth-images" in status.paths[0]
+
+
+def test_controlnet_units_are_checked_before_queueing_and_read_back(depth_service):
+    control = Image.new("RGB", (64, 64))
+    control.paste((255, 255, 255), (10, 10, 40, 40))
+    bad = {"controlnet": {"units": [{"model": "canny", "image": control, "guidance_start": 2}]}}
+    with pytest.raises(RequestError, match=r"controlnet.units\[0\].guidance_start"):
+        depth_service.submit("ann", "tiny", None, {**SMALL, "extensions": bad})
+    good = {"controlnet": {"units": [{"model": "canny", "image": control, "module": "depth"}]}}
+    status = wait(depth_service, "ann", depth_service.submit("ann", "tiny", None, {**SMALL, "extensions": good}))
+    assert status.state == "done", status.error
+    assert 'ControlNet 0: "Module: depth, Model: canny [' in status.infotexts[0]  # the app's estimator, lent
+    _, values = depth_service.read_infotext(Image.open(status.paths[0]))
+    assert values["extensions"]["controlnet"]["unit0_model"] == "canny.safetensors"

@@ -275,3 +275,27 @@ def sgm_original_config(unet: UNetConfig, vae: VAEConfig) -> dict:
         "first_stage_config": ldm["first_stage_config"],
         "scale_factor": vae.scale_factor,
     }}}
+
+
+def tiny_dpt(seed: int = 1):
+    """A DPT depth estimator (transformers' `DPTForDepthEstimation`) at a tiny size, every weight random (a
+    random DPT's ReLU head would otherwise give zeros, which would test nothing)."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, backbone_out_indices=[0, 1, 2, 3], num_attention_heads=4,
+                       intermediate_size=37, image_size=64, patch_size=16, neck_hidden_sizes=[16, 16, 32, 32],
+                       fusion_hidden_size=16)
+    model = DPTForDepthEstimation(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            randomize_(tensor, name, gen)
+    return model
+
+
+def save_tiny_dpt(folder, seed: int = 1) -> None:
+    """`tiny_dpt` saved as a models/depth/<name> folder, with a 64 x 64 image processor."""
+    from transformers import DPTImageProcessorPil
+
+    tiny_dpt(seed).save_pretrained(folder, safe_serialization=True)
+    DPTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)

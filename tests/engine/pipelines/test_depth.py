@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
+from transformers import DPTImageProcessorPil
 
 from webui.engine.models.depth_estimator import DepthEstimator, DepthEstimatorStore
 from webui.engine.models.loading import load_checkpoint
@@ -19,25 +19,11 @@ from webui.engine.pipelines.steps import depth_conditioning, normalise_depth
 from webui.engine.request import GenerationRequest
 from webui.errors import ModelLoadError, RequestError
 
-from ..models.tiny_checkpoints import Recipe, make_checkpoint, randomize_
+from ..models.tiny_checkpoints import Recipe, make_checkpoint, save_tiny_dpt
 from .conftest import pixels
 
 SIZE = 64
 BASE = dict(width=SIZE, height=SIZE, steps=4, prompt="a room", sampler_name="Euler", seed=3)
-
-
-def tiny_dpt(seed: int = 1) -> DPTForDepthEstimation:
-    """A DPT depth model of the transformers layout at a tiny size, every weight random (a random DPT's
-    ReLU head gives zeros, which would test nothing)."""
-    config = DPTConfig(hidden_size=32, num_hidden_layers=4, backbone_out_indices=[0, 1, 2, 3], num_attention_heads=4,
-                       intermediate_size=37, image_size=64, patch_size=16, neck_hidden_sizes=[16, 16, 32, 32],
-                       fusion_hidden_size=16)
-    model = DPTForDepthEstimation(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            randomize_(tensor, name, gen)
-    return model
 
 
 def processor() -> DPTImageProcessorPil:
@@ -68,8 +54,7 @@ def depth_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def estimator_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models-depth") / "tiny-dpt"
-    tiny_dpt().save_pretrained(folder, safe_serialization=True)
-    processor().save_pretrained(folder)
+    save_tiny_dpt(folder)
     return folder
 
 
