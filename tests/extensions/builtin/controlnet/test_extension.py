@@ -282,3 +282,23 @@ def test_the_depth_tab_without_a_depth_controlnet_says_what_is_needed(models, tm
     manager = load_builtin_extensions(tmp_path / "models", tmp_path / "data")
     with pytest.raises(RequestError, match="a depth ControlNet for SD 1.x models in models/controlnet"):
         run(models, manager, depth_map=Image.new("L", (64, 64), 128))
+
+
+@pytest.mark.parametrize("recipe", [Recipe("sdxl"), Recipe("sd1", "inpaint")], ids=["sdxl", "sd1-inpainting"])
+def test_sdxl_and_inpainting_models_take_units_too(tmp_path, recipe):
+    """SDXL ControlNets also read the size vector y; inpainting UNets' extra channels are not the ControlNet's."""
+    (tmp_path / "controlnet").mkdir()
+    save_file(make_controlnet(Recipe(recipe.family), seed=5), str(tmp_path / "controlnet" / "cn.safetensors"))
+    save_file(make_checkpoint(recipe, seed=6), str(tmp_path / "model.safetensors"))
+    bundle = load_checkpoint(tmp_path / "model.safetensors")
+    manager = load_builtin_extensions(tmp_path, tmp_path / "data")
+    fields = dict(BASE, batch_size=2, prompt="a cat AND a hat:0.5")  # 3 CFG halves of 2 images
+    if recipe.variant == "inpaint":
+        mask = Image.new("L", (64, 64))
+        mask.paste(255, (0, 0, 32, 64))
+        fields.update(init_image=control_image(), mask=mask)
+    plain = generate(GenerationRequest(**fields), PipelineContext(bundle, hooks=manager.hooks_for_job()))
+    guided = generate(GenerationRequest(**fields, extensions={"controlnet": unit(model="cn")}),
+                      PipelineContext(bundle, hooks=manager.hooks_for_job()))
+    assert len(guided.images) == 2 and not guided.notices
+    assert any((pixels(a) != pixels(b)).any() for a, b in zip(guided.images, plain.images))
