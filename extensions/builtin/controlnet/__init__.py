@@ -109,35 +109,39 @@ def _units(request, context, check_models: bool = False) -> list[ControlUnit]:
     return parse_units(params, find)
 
 
-@hookimpl
-def check_request(request, context):
+def _unit_inputs(request, context) -> list[tuple[ControlUnit, Any]]:
+    """The enabled units with each one's control image (the unit's own, or the input image), checked:
+    a RequestError names the field of the first bad value."""
+    inputs = []
     for i, unit in enumerate(_units(request, context, check_models=True)):
-        if unit.image is None and request.init_image is None:
+        image = unit.image if unit.image is not None else request.init_image
+        if image is None:
             raise RequestError(f"{NAME}.units[{i}].image", None, "a control image (or turn the unit off)")
         if unit.module == "depth" and "estimate_depth" not in context.services:
             raise RequestError(f"{NAME}.units[{i}].module", "depth", "a preprocessor other than depth: this app "
                                "has no depth estimator")
+        inputs.append((unit, image))
+    return inputs
+
+
+@hookimpl
+def check_request(request, context):
+    _unit_inputs(request, context)
 
 
 @hookimpl
 def rewrite_request(request, bundle, context):
+    """The units checked, with their control maps made at the generation size (once per job)."""
     request = _depth_tab_as_unit(request, bundle, context)
-    units = _units(request, context, check_models=True)
-    if not units:
-        return request if request.extensions.get(NAME) else None
-    estimate = context.services.get("estimate_depth")
+    inputs = _unit_inputs(request, context)
+    if not inputs:
+        return None
     maps = []
-    for i, unit in enumerate(units):
-        image = unit.image if unit.image is not None else request.init_image
-        if image is None:
-            raise RequestError(f"{NAME}.units[{i}].image", None, "a control image (or turn the unit off)")
+    for unit, image in inputs:
         if request.mode == "inpaint" and request.inpaint_full_res:
             image = inpaint_crop(image, request)
-        if unit.module == "depth" and estimate is None:
-            raise RequestError(f"{NAME}.units[{i}].module", "depth", "a preprocessor other than depth: this app "
-                               "has no depth estimator")
-        maps.append(control_map(unit, image, request.width, request.height, estimate))
-    params = {"units": [u.to_dict() for u in units], "maps": maps}
+        maps.append(control_map(unit, image, request.width, request.height, context.services.get("estimate_depth")))
+    params = {"units": [unit.to_dict() for unit, _ in inputs], "maps": maps}
     return replace(request, extensions={**request.extensions, NAME: params})
 
 
