@@ -51,6 +51,9 @@ def list_models(args: argparse.Namespace) -> int:
 def generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from webui.app import build_extensions
+    from webui.config import LaunchOptions
+    from webui.engine.models.depth_estimator import DepthEstimatorStore
     from webui.engine.models.loading import load_checkpoint
     from webui.engine.pipelines import PipelineContext, ProgressEvent, generate as run
     from webui.engine.request import GenerationRequest
@@ -62,11 +65,17 @@ def generate(args: argparse.Namespace) -> int:
 
     try:
         fields = {k: v for k, v in vars(args).items() if k in GenerationRequest.__dataclass_fields__ and v is not None}
-        for name in ("init_image", "mask"):
+        for name in ("init_image", "mask", "depth_map"):
             if fields.get(name) is not None:
                 fields[name] = Image.open(fields[name])
+        if args.controlnet:
+            fields["extensions"] = {"controlnet": {"units": [controlnet_unit(spec) for spec in args.controlnet]}}
         request = GenerationRequest(**fields)
         library = ModelLibrary(args.models_dir)
+        depth = DepthEstimatorStore(lambda: [library.path("depth", n) for n in library.names("depth")],
+                                    lambda: args.models_dir / "depth")
+        extensions = build_extensions(LaunchOptions(models_dir=args.models_dir), library, depth)
+        extensions.check_request(request)
         checkpoint = find_model(args.checkpoint, library, "checkpoints", "checkpoint")
         vae = find_model(args.vae, library, "vae", "vae") if args.vae else None
         print(f"Loading {checkpoint.name} ...", flush=True)
@@ -78,14 +87,35 @@ def generate(args: argparse.Namespace) -> int:
             print(f"Loading the refiner {refiner_path.name} ...", flush=True)
             refiner = load_checkpoint(refiner_path)
         args.out.mkdir(parents=True, exist_ok=True)
-        result = run(request, PipelineContext(bundle, on_progress=progress, output_dir=args.out, refiner=refiner))
+        result = run(request, PipelineContext(bundle, on_progress=progress, output_dir=args.out, refiner=refiner,
+                                              hooks=extensions.hooks_for_job(), depth_estimator=depth.estimate))
     except (WebUIError, OSError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     print()
+    for notice in result.notices:
+        print(f"  note: {notice}")
     for path, seed in zip(result.paths, result.seeds):
         print(f"  {path}  (seed {seed})")
     return 0
+
+
+def controlnet_unit(spec: str) -> dict:
+    """`--controlnet MODEL:IMAGE[:PREPROCESSOR[:WEIGHT]]` as a ControlNet unit (the image opened here)."""
+    from PIL import Image
+
+    from webui.errors import RequestError
+
+    parts = spec.split(":")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise RequestError("controlnet", spec, "MODEL:IMAGE[:PREPROCESSOR[:WEIGHT]], e.g. canny-sd15:photo.png:canny:0.8")
+    unit = {"model": parts[0], "image": Image.open(parts[1]), "module": parts[2] if len(parts) > 2 else "none"}
+    if len(parts) > 3:
+        try:
+            unit["weight"] = float(parts[3])
+        except ValueError as exc:
+            raise RequestError("controlnet", spec, "a number as the weight (the fourth part)") from exc
+    return unit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder with checkpoints/, vae/, ...")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("models", help="list the checkpoints found and what each one is")
-    g = sub.add_parser("generate", help="txt2img, img2img, inpaint or outpaint from the command line")
+    g = sub.add_parser("generate", help="txt2img, img2img, inpaint, outpaint or depth-to-image from the command line, "
+                                        "with the extensions (LoRA tags, ControlNet units)")
     g.add_argument("--checkpoint", required=True, help="a name from models/checkpoints, or a file path")
     g.add_argument("--vae", help="a separate VAE: a name from models/vae, or a file path")
     g.add_argument("--prediction", choices=["eps", "v"], help="override the detected prediction type")
@@ -121,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--only-masked", dest="inpaint_full_res", action="store_const", const=True, help='inpaint area "Only masked"')
     for side in ("left", "right", "top", "bottom"):
         g.add_argument(f"--outpaint-{side}", dest=f"outpaint_{side}", type=int, help=f"outpaint: pixels to add {side}")
+    g.add_argument("--depth", action="store_const", const=True,
+                   help="depth-to-image: follow the depth of --init-image (estimated by the model in models/depth)")
+    g.add_argument("--depth-map", dest="depth_map", help="depth-to-image: a depth map image (white = near)")
+    g.add_argument("--controlnet", action="append", metavar="MODEL:IMAGE[:PREPROCESSOR[:WEIGHT]]",
+                   help="a ControlNet unit (a name from models/controlnet); may be given several times")
     g.add_argument("--refiner", dest="refiner_checkpoint", help="SDXL: a refiner checkpoint (name or path)")
     g.add_argument("--refiner-switch-at", dest="refiner_switch_at", type=float, help="fraction of steps (default 0.8)")
     g.add_argument("--hires", dest="enable_hr", action="store_const", const=True, help="txt2img: enable the hires fix")
