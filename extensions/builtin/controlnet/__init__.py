@@ -11,12 +11,12 @@ AUTOMATIC1111's ControlNet does, and `read_infotext` reads it back into the tab'
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from webui.engine.memory.attention import set_attention
+from webui.engine.models.checkpoint_file import file_sha256
 from webui.engine.memory.offload import Placement
 from webui.errors import ModelLoadError, RequestError
 from webui.plugins import ControlsSpec, Route, hookimpl
@@ -56,11 +56,7 @@ def file_hash(context, path: Path) -> str:
     cache = context.state.setdefault("hashes", {})
     key = _file_key(path)
     if key not in cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(16 << 20):
-                digest.update(chunk)
-        cache[key] = digest.hexdigest()
+        cache[key] = file_sha256(path)
     return cache[key]
 
 

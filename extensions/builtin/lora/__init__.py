@@ -10,11 +10,11 @@ Networks may also be given directly as `request.extensions["lora"]["networks"]` 
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import replace
 from pathlib import Path
 
+from webui.engine.models.checkpoint_file import file_sha256
 from webui.plugins import ControlsSpec, hookimpl
 
 from .networks import lora_patches, read_lora_file
@@ -61,11 +61,7 @@ def short_hash(path: Path) -> str:
 
 @functools.lru_cache(maxsize=128)
 def _short_hash(path: Path, mtime_ns: int, size: int) -> str:  # memoised by the file's identity
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(16 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 @hookimpl

@@ -5,6 +5,7 @@ Every failure becomes a `ModelLoadError` that names the file and says what is wr
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -114,6 +115,15 @@ def _load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise ModelLoadError(path, f"not a checkpoint: it holds a {type(obj).__name__}, not a dictionary of weights")
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (model hashes in infotexts)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def open_checkpoint(path: str | Path) -> CheckpointFile:

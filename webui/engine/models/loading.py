@@ -12,7 +12,6 @@ conditioning vector y (see `pipelines/conditioning.py`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -25,7 +24,7 @@ from webui.errors import ModelLoadError
 
 from ..memory.devices import ComponentDtypes
 from ..memory.offload import Placement
-from .checkpoint_file import CheckpointFile, open_checkpoint
+from .checkpoint_file import CheckpointFile, file_sha256, open_checkpoint
 from .detection import UNET_PREFIX, VAE_PREFIX, detect_model_spec, infer_vae_config, with_heads
 from .specs import ModelSpec, Prediction, TextEncoderConfig
 from .sdxl_text_encoder import SDXLTextEncoder
@@ -56,11 +55,7 @@ class ModelBundle:
         if path is None:
             return None
         if path not in self._hashes:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(16 << 20):
-                    digest.update(chunk)
-            self._hashes[path] = digest.hexdigest()
+            self._hashes[path] = file_sha256(path)
         return self._hashes[path]
 
 
