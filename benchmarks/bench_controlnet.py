@@ -8,11 +8,12 @@
    loaded from them; diffusers: `ControlNetModel` + `UNet2DConditionModel` mapped by diffusers' own
    converters (tests/extensions/builtin/controlnet/tiny.py, tests/engine/models/reference.py).
 2. A step (batch 2, as with CFG; one hint image per sample): the ControlNet's forward, then the UNet's with
-   its residuals. The UNet alone is timed too, so each side's ControlNet overhead (step with / step
-   without) is measured in the same run. Ours and diffusers alternate per pair (the order swapped every
-   round) after warm-up; per-pair ratios ours/diffusers of wall time and CPU-seconds.
-3. Agreement: relative max error of the final UNet outputs, with and without the ControlNet; FLOPs of each
-   step counted on meta copies.
+   its residuals. The UNet alone and the ControlNet alone are timed too, so each side's ControlNet overhead
+   (step with / step without) is measured in the same run. Ours and diffusers alternate per pair (the order
+   swapped every round) after warm-up; per-pair ratios ours/diffusers of wall time and CPU-seconds.
+3. Agreement: relative max error of the final UNet outputs, with and without the ControlNet (and the
+   largest over the residuals); FLOPs of each call counted on meta copies. `--profile controlnet_step`
+   prints the ops that took the most time.
 4. One JSON line, then a human summary.
 """
 
@@ -39,7 +40,8 @@ from benchmarks import _measure as m  # noqa: E402
 from benchmarks.bench_models import AGREEMENT, DTYPES, PUBLISHED  # noqa: E402
 
 WHO = ("ours", "ref")
-KINDS = ("controlnet_step", "unet_step")  # with the ControlNet, and the UNet alone
+# The calls timed: the step with the ControlNet, the UNet alone, the ControlNet alone.
+KINDS = ("controlnet_step", "unet_step", "controlnet_alone")
 RESIDUALS_MATTER = 1e-2  # the ControlNet must change the UNet's output by more than this (relative max)
 
 
@@ -103,8 +105,12 @@ def step_functions(nets: dict, x, t, context, hint) -> dict[str, dict[str, Calla
     def ours_step() -> torch.Tensor:
         return o["unet"](x, t, context, control=o["controlnet"](x, t, context, hint))
 
-    def ref_step() -> torch.Tensor:
+    def ref_residuals() -> list[torch.Tensor]:
         down, mid = r["controlnet"](x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+        return [*down, mid]
+
+    def ref_step() -> torch.Tensor:
+        *down, mid = ref_residuals()
         return r["unet"](x, t, encoder_hidden_states=context, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid, return_dict=False)[0]
 
@@ -112,7 +118,17 @@ def step_functions(nets: dict, x, t, context, hint) -> dict[str, dict[str, Calla
         "controlnet_step": {"ours": ours_step, "ref": ref_step},
         "unet_step": {"ours": lambda: o["unet"](x, t, context),
                       "ref": lambda: r["unet"](x, t, encoder_hidden_states=context, return_dict=False)[0]},
+        "controlnet_alone": {"ours": lambda: o["controlnet"](x, t, context, hint), "ref": ref_residuals},
     }
+
+
+def agreement(ours, ref) -> float:
+    """Relative max error of one output, or the largest over a ControlNet's residuals."""
+    if isinstance(ours, torch.Tensor):
+        return m.rel_max_err(ours, ref)
+    if len(ours) != len(ref):
+        raise ValueError(f"{len(ours)} residuals vs {len(ref)}")
+    return max(m.rel_max_err(a, b) for a, b in zip(ours, ref))
 
 
 def step_flops(nets: dict, size: int) -> dict[str, dict[str, int]]:
@@ -138,13 +154,14 @@ def bench_dtype(args: argparse.Namespace, nets: dict, name: str, flops: dict, pe
     dtype = DTYPES[name]
     for parts in nets.values():
         for net in parts.values():
-            net.to(dtype)
+            if net.dtype != dtype:
+                net.to(dtype)
     steps = step_functions(nets, *inputs(args.size, dtype))
     repeat = lambda fn: lambda: [fn() for _ in range(args.steps)][-1]  # noqa: E731
     steps = {kind: {who: repeat(fn) for who, fn in calls.items()} for kind, calls in steps.items()}
 
     outputs = {kind: {who: fn() for who, fn in calls.items()} for kind, calls in steps.items()}  # 1st warm-up
-    errors = {kind: m.rel_max_err(out["ours"], out["ref"]) for kind, out in outputs.items()}
+    errors = {kind: agreement(out["ours"], out["ref"]) for kind, out in outputs.items()}
     control_effect = m.rel_max_err(outputs["controlnet_step"]["ref"], outputs["unet_step"]["ref"])
     del outputs
     print(f"  {name}: rel. max error ours vs diffusers {errors}; the ControlNet changes diffusers' output by "
@@ -187,10 +204,10 @@ def bench_dtype(args: argparse.Namespace, nets: dict, name: str, flops: dict, pe
                           for who in WHO}
     result["model_bytes"] = {who: {part: sum(p.numel() * p.element_size() for p in net.parameters())
                                    for part, net in parts.items()} for who, parts in nets.items()}
-    if args.profile:
+    for kind in args.profile:
         for who in WHO:
-            print(f"profile of one {name} ControlNet step, {who}:\n"
-                  f"{m.profile_top_ops(steps['controlnet_step'][who], rows=args.profile_rows)}", file=sys.stderr)
+            print(f"profile of one {name} {kind}, {who}:\n"
+                  f"{m.profile_top_ops(steps[kind][who], rows=args.profile_rows)}", file=sys.stderr)
     return result
 
 
@@ -206,12 +223,15 @@ def summary(res: dict) -> str:
              f"parameters: ControlNet {res['params']['ours']['controlnet']:,}, UNet {res['params']['ours']['unet']:,}; "
              f"FLOPs per step: with ControlNet ours {f['controlnet_step']['ours'] / 1e12:.3f} T / diffusers "
              f"{f['controlnet_step']['ref'] / 1e12:.3f} T, UNet alone {f['unet_step']['ours'] / 1e12:.3f} T / "
-             f"{f['unet_step']['ref'] / 1e12:.3f} T"]
-    labels = {"controlnet_step": "ControlNet + UNet step", "unet_step": "UNet alone"}
+             f"{f['unet_step']['ref'] / 1e12:.3f} T, ControlNet alone {f['controlnet_alone']['ours'] / 1e12:.3f} T / "
+             f"{f['controlnet_alone']['ref'] / 1e12:.3f} T"]
+    labels = {"controlnet_step": "ControlNet + UNet step", "unet_step": "UNet alone",
+              "controlnet_alone": "ControlNet alone"}
     for name in res["args"]["dtype"]:
         r = res[name]
         lines.append(f"{name}: agreement ours vs diffusers (rel. max error): with ControlNet "
-                     f"{r['rel_max_err']['controlnet_step']:.1e}, UNet alone {r['rel_max_err']['unet_step']:.1e}; "
+                     f"{r['rel_max_err']['controlnet_step']:.1e}, UNet alone {r['rel_max_err']['unet_step']:.1e}, "
+                     f"ControlNet residuals {r['rel_max_err']['controlnet_alone']:.1e}; "
                      f"the ControlNet changes the output by {r['control_effect_rel']:.2f} (relative max)")
         for kind in KINDS:
             k, o, d = r[kind], r[kind]["ours"], r[kind]["ref"]
@@ -242,14 +262,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (each: both kinds of step, ours and diffusers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flops", action="store_true", help="skip counting FLOPs on the meta device")
-    p.add_argument("--profile", action="store_true", help="print the top ops of one ControlNet step of each to stderr")
+    p.add_argument("--profile", default="", help=f"print the top ops of one call of each side to stderr, for these "
+                   f"kinds (comma-separated: {', '.join(KINDS)})")
     p.add_argument("--profile-rows", type=int, default=15)
     args = p.parse_args(argv)
-    args.dtype = args.dtype.split(",")
-    bad = [d for d in args.dtype if d not in DTYPES]
+    args.dtype, args.profile = args.dtype.split(","), [k for k in args.profile.split(",") if k]
+    bad = [d for d in args.dtype if d not in DTYPES] + [k for k in args.profile if k not in KINDS]
     if bad or args.size % 64 or args.warmup < 1 or args.repeats < 1 or args.steps < 1:
         # 64: the ControlNet's hint encoder and the UNet's three downsamplings need size/8 divisible by 8
-        p.error(f"invalid dtypes {bad}; --size must be a multiple of 64, --warmup/--repeats/--steps >= 1")
+        p.error(f"invalid dtypes or kinds {bad}; --size must be a multiple of 64, --warmup/--repeats/--steps >= 1")
     return args
 
 
@@ -257,8 +278,9 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     m.set_up_torch()
-    res: dict = {"benchmark": "bench_controlnet", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "args": vars(args), "machine": m.machine_info(), "latent": [2, 4, args.size // 8, args.size // 8]}
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    res: dict = {"benchmark": "bench_controlnet", "date": date, "args": vars(args), "machine": m.machine_info(),
+                 "latent": [2, 4, args.size // 8, args.size // 8]}
     res["matmul_peak_gflops"] = m.matmul_peak_gflops()
     nets = build_networks(args.seed)
     res["params"] = parameter_counts(nets)
