@@ -8,6 +8,7 @@ generator ends by itself when the job does, with the images finished so far.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -91,6 +92,15 @@ def make_generate(services: UIServices, tab: GenerationTab,
                 _quietly(services.interrupt, owner, job_id)
         yield final_update(tab, status, time.monotonic() - start)
 
+    # Every input is optional for API clients (Gradio makes those without an initial value required): a
+    # missing image the mode needs is refused by the tab with a message naming it, and extensions' inputs
+    # (e.g. ControlNet's control images) are optional by nature.
+    names = ["checkpoint", "vae", *tab.generate_inputs]
+    generate.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+        *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names),
+        inspect.Parameter("values", inspect.Parameter.VAR_KEYWORD),
+    ])
     return generate
 
 

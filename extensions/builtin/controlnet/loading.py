@@ -128,7 +128,7 @@ def _describe(path: Path, shapes: Shapes) -> ControlNetFile:
     try:
         linear = next(len(s) == 2 for k, s in local.items() if k.endswith("proj_in.weight"))
         sdxl = "label_emb.0.0.weight" in local
-        unet = infer_unet_config(local, "", sd2_heads=sdxl or linear)
+        unet = infer_unet_config(local, "", sd2_heads=sdxl or linear, encoder_only=True)
         hint = [local[f"input_hint_block.{i}.weight"] for i in _indices(local, r"input_hint_block\.(\d+)\.weight")]
     except (KeyError, ValueError, IndexError, StopIteration) as exc:
         raise ModelLoadError(path, f"incomplete or damaged ControlNet layout ({exc!r})") from exc

@@ -190,12 +190,13 @@ def _depth(shapes: Shapes, block_prefix: str) -> int:
     return len(_indices(shapes, re.escape(block_prefix) + r"transformer_blocks\.(\d+)\."))
 
 
-def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX, sd2_heads: bool = False) -> UNetConfig:
+def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX, sd2_heads: bool = False,
+                      encoder_only: bool = False) -> UNetConfig:
     """UNet hyperparameters from the shapes of its tensors (keys include `prefix`).
 
     `sd2_heads`: 64 channels per head (SD 2 and SDXL) instead of SD 1's 8 heads; shapes cannot tell.
-    The downward half alone is enough (a ControlNet has no output blocks: its `out_channels` are then
-    taken to be its `in_channels`).
+    `encoder_only`: the downward half alone (a ControlNet, which has no output blocks: its `out_channels`
+    are taken to be its `in_channels`).
     """
     p = prefix
     model_channels, in_channels = shapes[p + "input_blocks.0.0.weight"][:2]
@@ -223,7 +224,7 @@ def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX, sd2_heads: bool
     context_dim = next(shape[1] for key, shape in shapes.items() if key.startswith(p) and key.endswith("attn2.to_k.weight"))
     return UNetConfig(
         in_channels=in_channels,
-        out_channels=shapes.get(p + "out.2.weight", (in_channels,))[0],
+        out_channels=in_channels if encoder_only else shapes[p + "out.2.weight"][0],
         model_channels=model_channels,
         channel_mult=tuple(mults),
         num_res_blocks=num_res_blocks,
