@@ -1,4 +1,5 @@
-"""The job queue: one worker runs generations in order; each job owns its progress, results and cancel token."""
+"""The job queue: one worker runs generations, owners taking turns; each job owns its progress, results and
+cancel token, and only its owner may see or cancel it."""
 
 from __future__ import annotations
 
@@ -53,25 +54,36 @@ class Job:
 
 
 class JobQueue:
-    """FIFO queue with one worker thread. `run(job)` does the work and fills the job's fields."""
+    """A bounded queue with one worker thread, fair between owners: owners take turns (round robin, each
+    owner's jobs in the order submitted), and each may have at most `max_per_owner` jobs waiting.
+    `run(job)` does the work and fills the job's fields."""
 
-    def __init__(self, run: Callable[[Job], None], max_queued: int = 64, keep_finished: int = 200) -> None:
+    def __init__(self, run: Callable[[Job], None], max_queued: int = 64, max_per_owner: int = 16,
+                 keep_finished: int = 200) -> None:
         self._run = run
         self._max_queued = max_queued
-        self._queue: collections.deque[Job] = collections.deque()
+        self._max_per_owner = max_per_owner
+        # Owner -> that owner's waiting jobs; the dict's order is the order owners are served next.
+        self._waiting: dict[str, collections.deque[Job]] = {}
         self._jobs: dict[str, Job] = {}
         self._finished: collections.deque[str] = collections.deque()
         self._keep_finished = keep_finished
         self._cond = threading.Condition()
         self._stopped = False
+        self.running: Job | None = None
         self._worker = threading.Thread(target=self._work, name="generation-worker", daemon=True)
         self._worker.start()
 
     def submit(self, job: Job) -> Job:
         with self._cond:
-            if len(self._queue) >= self._max_queued:
+            waiting = sum(len(q) for q in self._waiting.values())
+            if waiting >= self._max_queued:
                 raise QueueFull(f"The queue is full ({self._max_queued} jobs waiting); try again in a moment.")
-            self._queue.append(job)
+            mine = self._waiting.get(job.owner)
+            if mine is not None and len(mine) >= self._max_per_owner:
+                raise QueueFull(f"You already have {self._max_per_owner} jobs waiting (the most one user may queue); "
+                                "wait for one to start, or cancel one.")
+            self._waiting.setdefault(job.owner, collections.deque()).append(job)
             self._jobs[job.id] = job
             self._cond.notify()
         return job
@@ -83,19 +95,32 @@ class JobQueue:
             raise JobNotFound("No such job (it may have finished long ago).")
         return job
 
-    def position(self, job: Job) -> int:
+    def jobs_of(self, owner: str) -> list[Job]:
+        """The owner's jobs that are still known, oldest first."""
         with self._cond:
-            try:
-                return list(self._queue).index(job) + 1
-            except ValueError:
-                return 0
+            return [job for job in self._jobs.values() if job.owner == owner]
+
+    def order(self) -> list[Job]:
+        """The waiting jobs in the order they will run if nobody submits more: owners' first jobs in turn,
+        then their second jobs, ..."""
+        with self._cond:
+            queues = [list(q) for q in self._waiting.values()]
+        return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+    def position(self, job: Job) -> int:
+        """1 for the next job to run, 2 for the one after, ...; 0 when the job is not waiting."""
+        order = self.order()
+        return order.index(job) + 1 if job in order else 0
 
     def cancel(self, owner: str, job_id: str) -> None:
-        """Interrupt a running job, or take a queued one off the queue."""
+        """Interrupt a running job, or take a waiting one off the queue (it never runs)."""
         job = self.get(owner, job_id)
         with self._cond:
-            if job in self._queue:
-                self._queue.remove(job)
+            mine = self._waiting.get(owner)
+            if mine is not None and job in mine:
+                mine.remove(job)
+                if not mine:
+                    del self._waiting[owner]
                 job.state = "interrupted"
                 self._remember(job)
                 return
@@ -111,15 +136,25 @@ class JobQueue:
         while len(self._finished) > self._keep_finished:
             self._jobs.pop(self._finished.popleft(), None)
 
+    def _next(self) -> Job:
+        """The first waiting owner's oldest job; that owner then goes to the back of the turn order."""
+        owner, mine = next(iter(self._waiting.items()))
+        job = mine.popleft()
+        del self._waiting[owner]
+        if mine:
+            self._waiting[owner] = mine
+        return job
+
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopped:
+                while not self._waiting and not self._stopped:
                     self._cond.wait()
                 if self._stopped:
                     return
-                job = self._queue.popleft()
+                job = self._next()
                 job.state = "running"
+                self.running = job
             try:
                 self._run(job)
                 if job.state == "running":
@@ -132,4 +167,5 @@ class JobQueue:
             finally:
                 job.preview = []
                 with self._cond:
+                    self.running = None
                     self._remember(job)
