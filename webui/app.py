@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import urlsplit
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no version check or telemetry calls
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -19,7 +20,9 @@ def build_service(options: LaunchOptions):
     from webui.paths import ModelLibrary
     from webui.presets import load_presets
     from webui.service import WebUIService
+    from webui.uploads import configure_pillow
 
+    configure_pillow()  # Pillow refuses over-large images everywhere (Gradio's uploads too)
     settings = SettingsStore(options.settings_file)
     library = ModelLibrary(options.models_dir)
     device = choose_device(options.device if options.device != "auto" else settings.current.device)
@@ -59,8 +62,16 @@ THEME_JS = {
 }
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def launch(options: LaunchOptions, *, block: bool = True):
     """Build the app and serve it; returns the Gradio Blocks (still serving when block=False)."""
+    from webui.api import mount_api, security_middleware
+    from webui.api.security import Guard
+    from webui.plugins.routes import mount_extension_routes
     from webui.ui.app_ui import build_ui
 
     service = build_service(options)
@@ -70,11 +81,14 @@ def launch(options: LaunchOptions, *, block: bool = True):
     if options.exposed and not options.auth:
         print("WARNING: running WITHOUT a login while exposed (--insecure-no-auth): anyone who can reach this "
               "address can use it.")
-    if options.api:
-        print("Note: --api: the AUTOMATIC1111-compatible REST API is not built yet; Gradio's own API is available "
-              "(\"Use via API\" at the bottom of the page).")
     demo = build_ui(service)
+    demo.service = service  # for callers that drive the app from Python (tests)
     demo.queue(max_size=64, default_concurrency_limit=1)
+    guard = Guard(ui_logins=options.auth, api_logins=options.api_auth, api_enabled=options.api_enabled,
+                  max_body_bytes=options.max_body_mb << 20)
+    # Gradio's session tokens (token -> user) and the share link exist only once it serves: asked at each request.
+    middleware = security_middleware(guard, tokens=lambda: getattr(getattr(demo, "app", None), "tokens", None) or {},
+                                     trusted_origins=lambda: {_origin(demo.share_url)} if demo.share_url else set())
     demo.launch(
         server_name=options.server_name,
         server_port=options.port,
@@ -87,11 +101,14 @@ def launch(options: LaunchOptions, *, block: bool = True):
         footer_links=["api", "settings"],
         run_history=False,  # Gradio would otherwise offer to upload runs to a Hugging Face bucket
         enable_monitoring=False,  # /monitoring is on by default
+        max_file_size=f"{options.max_body_mb}mb",
+        app_kwargs={"middleware": [middleware]},
     )
+    if options.api_enabled:
+        for path in mount_api(demo.app, service):
+            print(f"REST API: {path} (OpenAPI schema at {path}/openapi.json)")
     if service.manager is not None:
-        from webui.plugins.routes import mount_extension_routes
-
-        for path in mount_extension_routes(demo.app, service.manager, options.auth):
+        for path in mount_extension_routes(demo.app, service.manager):
             print(f"Extension route: {path}")
     print(f"Running on http://{'127.0.0.1' if not options.listen else '0.0.0.0'}:{options.port}", flush=True)
     if options.share:

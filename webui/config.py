@@ -41,8 +41,14 @@ class LaunchOptions:
     # The memory flags given, as (setting name, value): each overrides that Settings value.
     memory: tuple[tuple[str, Any], ...] = ()
     api: bool = False
+    # REST API logins (HTTP Basic; a login's password alone also works as a bearer token), beside the UI's.
+    api_auth: tuple[tuple[str, str], ...] = ()
     enable_insecure_extension_access: bool = False
     theme: str = "system"
+    queue_size: int = 64  # jobs waiting at most, all users together
+    queue_per_user: int = 16  # jobs one user may have waiting
+    max_pixels: int = 4096 * 4096  # width x height x batch size of a job's largest pass (checked before queueing)
+    max_body_mb: int = 64  # the largest REST request body (JSON with base64 images)
 
     @property
     def exposed(self) -> bool:
@@ -54,6 +60,11 @@ class LaunchOptions:
         """Whether extensions may be installed, updated or removed from the UI: only when the app is
         reachable from this computer alone, unless explicitly enabled."""
         return not self.exposed or self.enable_insecure_extension_access
+
+    @property
+    def api_enabled(self) -> bool:
+        """The REST API: on by default on this computer alone; when exposed, only when asked for (--api)."""
+        return self.api or not self.exposed
 
     @property
     def server_name(self) -> str:
@@ -104,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="UNet in channels-last memory format (faster on some GPUs)")
     memory.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the UNet (needs a C++ compiler; the first step is slow)")
-    p.add_argument("--api", action="store_true", help="also serve the REST API (Gradio's own API is always there)")
+    p.add_argument("--api", action="store_true",
+                   help="serve the REST API (/sdapi/v1, /api/v1) also when exposed; it is on by default locally")
+    p.add_argument("--api-auth", help='REST API login(s) "user:password", several separated by commas (HTTP Basic; the '
+                                      'password alone also works as a bearer token). The UI\'s logins work too')
+    p.add_argument("--queue-size", type=int, default=64, help="jobs that may wait, all users together (default 64)")
+    p.add_argument("--queue-per-user", type=int, default=16, help="jobs one user may have waiting (default 16)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                   help="the most pixels (width x height x batch size) a job may generate at once (default 4096x4096)")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing/updating extensions even when the UI is exposed with --listen/--share")
     p.add_argument("--theme", choices=["system", "light", "dark"], default="system", help="colour theme")
@@ -152,9 +170,13 @@ def parse_options(argv: list[str] | None = None) -> LaunchOptions:
         port=args.port, listen=args.listen, share=args.share, auth=parse_auth(args.auth, args.auth_file),
         insecure_no_auth=args.insecure_no_auth, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
         settings_file=args.settings_file, extensions_dir=args.extensions_dir, device=args.device, precision=args.precision, lowvram=args.lowvram,
-        medvram=args.medvram, memory=memory_flags(args), api=args.api, enable_insecure_extension_access=args.enable_insecure_extension_access,
-        theme=args.theme,
+        medvram=args.medvram, memory=memory_flags(args), api=args.api, api_auth=parse_auth(args.api_auth, None),
+        enable_insecure_extension_access=args.enable_insecure_extension_access, theme=args.theme,
+        queue_size=args.queue_size, queue_per_user=args.queue_per_user, max_pixels=args.max_pixels,
     )
+    for name in ("queue_size", "queue_per_user", "max_pixels"):
+        if getattr(options, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)}: expected a positive number")
     check_exposure(options)
     try:
         validate_settings(dict(options.memory), Settings())

@@ -33,6 +33,10 @@ class RequestError(WebUIError):
         super().__init__(f"{field}: {shown} is not allowed; expected {allowed}")
 
 
+class UnknownName(RequestError):
+    """A name (of a model, a LoRA, a setting...) that is not in the list it must come from."""
+
+
 class Interrupted(WebUIError):
     """The user stopped the job."""
 

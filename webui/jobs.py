@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -45,8 +46,12 @@ class Job:
     seeds: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     error: str | None = None
+    error_kind: str | None = None  # the failure's type: "RequestError", "OutOfMemory", "internal", ...
+    error_field: str | None = None  # the request field a RequestError names
     notices: list[str] = field(default_factory=list)  # e.g. an extension that failed during the job
     cancel: CancelToken = field(default_factory=CancelToken)
+    ended: threading.Event = field(default_factory=threading.Event, repr=False)  # set once the job is finished
+    started_at: float | None = None  # time.monotonic() when it started running
 
     @property
     def finished(self) -> bool:
@@ -132,6 +137,7 @@ class JobQueue:
             self._cond.notify_all()
 
     def _remember(self, job: Job) -> None:
+        job.ended.set()
         self._finished.append(job.id)
         while len(self._finished) > self._keep_finished:
             self._jobs.pop(self._finished.popleft(), None)
@@ -153,17 +159,19 @@ class JobQueue:
                 if self._stopped:
                     return
                 job = self._next()
-                job.state = "running"
+                job.state, job.started_at = "running", time.monotonic()
                 self.running = job
             try:
                 self._run(job)
                 if job.state == "running":
                     job.state = "interrupted" if job.cancel.interrupted else "done"
             except WebUIError as exc:
-                job.state, job.error = "failed", str(exc)
+                job.state, job.error, job.error_kind = "failed", str(exc), type(exc).__name__
+                job.error_field = getattr(exc, "field", None)
             except Exception as exc:  # noqa: BLE001 - the worker must survive any job
                 log.error("job %s failed:\n%s", job.id, traceback.format_exc())
                 job.state, job.error = "failed", f"Internal error: {type(exc).__name__}: {exc}"
+                job.error_kind = "internal"
             finally:
                 job.preview = []
                 with self._cond:

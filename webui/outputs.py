@@ -13,6 +13,7 @@ the reader both walk it, so key names, key order and defaults live in one place.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -332,6 +333,18 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 def save_png(image: Image.Image, path: Path, infotext: str) -> Path:
     """Save a PNG with the infotext as its "parameters" text, keeping the image's other text items."""
+    return _write_atomic(path, lambda f: write_png(image, f, infotext))
+
+
+def png_bytes(image: Image.Image, infotext: str) -> bytes:
+    """The PNG that `save_png` would write, as bytes (e.g. for an API response)."""
+    buffer = io.BytesIO()
+    write_png(image, buffer, infotext)
+    return buffer.getvalue()
+
+
+def write_png(image: Image.Image, file: IO[bytes], infotext: str) -> None:
+    """A PNG with the infotext as its "parameters" text, keeping the image's other text items."""
     info = PngImagePlugin.PngInfo()
     text = getattr(image, "text", None)  # a PNG read from disk: also the chunks after the image data
     items = text if isinstance(text, dict) else image.info
@@ -342,7 +355,7 @@ def save_png(image: Image.Image, path: Path, infotext: str) -> Path:
     if infotext:
         info.add_text("parameters", infotext)  # tEXt when Latin-1 encodable, else iTXt (UTF-8)
     # Pillow carries image.info["icc_profile"] over by itself.
-    return _write_atomic(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+    image.save(file, format="PNG", pnginfo=info)
 
 
 def _exif_with_comment(infotext: str) -> bytes:

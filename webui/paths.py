@@ -7,10 +7,11 @@ are all recognised, so users can point `--models-dir` at the folder they already
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webui.errors import RequestError
+from webui.errors import UnknownName
 
 MODEL_SUFFIXES = {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"}
 FOLDERS = {  # kind -> candidate sub-folders, in order of preference
@@ -77,5 +78,9 @@ class ModelLibrary:
         by_stem = [p for n, p in files.items() if n.rsplit(".", 1)[0] == name]
         if len(by_stem) == 1:
             return by_stem[0]
-        listed = ", ".join(self.names(kind)[:20]) or f"none: put files in {self.models_dir / FOLDERS[kind][0]}"
-        raise RequestError(field_name, name, f"a name from the {kind} list ({listed})")
+        names = self.names(kind)
+        stems = {n.rsplit(".", 1)[0]: n for n in names}  # matched without extensions, named with them
+        close = [stems[m] for m in difflib.get_close_matches(str(name).rsplit(".", 1)[0], list(stems), n=3, cutoff=0.6)]
+        listed = ", ".join(names[:20]) or f"none: put files in {self.models_dir / FOLDERS[kind][0]}"
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownName(field_name, name, f"a name from the {kind} list ({listed}){hint}")

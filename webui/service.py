@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from webui.engine.models.prompt_tokens import Embedding
 from webui.engine.models.store import ModelStore
 from webui.engine.models.text_encoders import load_clip_tokenizer
 from webui.engine.pipelines import PipelineContext, ProgressEvent, generate
+from webui.engine.pipelines.txt2img import hires_size
 from webui.engine.request import GenerationRequest
 from webui.engine.sampling.registry import SAMPLERS, SCHEDULES
 from webui.errors import ModelLoadError, RequestError, WebUIError
@@ -68,7 +70,7 @@ class WebUIService:
         # The refiner (SDXL's second model) is held beside the main model only while requests use one.
         self.refiner_store = ModelStore()
         self.depth = depth  # the depth estimator (depth tab, ControlNet's depth preprocessor); None: none
-        self.jobs = JobQueue(self._run)
+        self.jobs = JobQueue(self._run, max_queued=options.queue_size, max_per_owner=options.queue_per_user)
         self._embeddings: dict[Path, tuple[float, Embedding | None]] = {}  # path -> (mtime, embedding)
 
     # --- models ----------------------------------------------------------------------------------
@@ -170,7 +172,10 @@ class WebUIService:
 
     # --- jobs ------------------------------------------------------------------------------------
 
-    def submit(self, owner: str, checkpoint: str | None, vae: str | None, values: dict[str, Any]) -> str:
+    def submit(self, owner: str, checkpoint: str | None, vae: str | None, values: dict[str, Any],
+               save: bool | None = None) -> str:
+        """Validate and queue a generation; returns the job id. `save`: write the images to the outputs
+        folder (None: as Settings say). Raises RequestError naming the field, or QueueFull."""
         settings = self.settings_store.current
         defaults = {"sampler_name": settings.default_sampler, "scheduler": settings.default_scheduler}
         request = GenerationRequest.from_dict({**defaults, **values})  # validation happens here
@@ -184,9 +189,32 @@ class WebUIService:
         refiner_path = None
         if request.refiner_checkpoint:
             refiner_path = self.library.path("checkpoints", request.refiner_checkpoint, "refiner_checkpoint")
-        job = Job(owner, (request, checkpoint_path, vae_path, refiner_path))
+        self._check_pixel_budget(request)
+        job = Job(owner, (request, checkpoint_path, vae_path, refiner_path, save))
         self.jobs.submit(job)
         return job.id
+
+    def _check_pixel_budget(self, request: GenerationRequest) -> None:
+        """Refuse, before queueing, a job whose batches need more pixels than the app allows at once."""
+        budget = self.options.max_pixels
+        sizes = [("width", request.width, request.height)]
+        if request.enable_hr:
+            sizes.append(("hr_scale", *hires_size(request)))
+        for name, width, height in sizes:
+            pixels = width * height * request.batch_size
+            if pixels > budget:
+                value = request.hr_scale if name == "hr_scale" else request.width
+                raise RequestError(name, value, f"a size within the pixel budget: width x height x batch size at most "
+                                   f"{budget:,} (this job: {width}x{height} x {request.batch_size} = {pixels:,})")
+
+    def wait(self, owner: str, job_id: str, timeout: float | None = None) -> JobStatus:
+        """The job's status once it has finished (or when `timeout` seconds have passed)."""
+        self.jobs.get(owner, job_id).ended.wait(timeout)
+        return self.status(owner, job_id)
+
+    def owner_jobs(self, owner: str) -> list[JobStatus]:
+        """The owner's known jobs, oldest first."""
+        return [self.status(owner, job.id) for job in self.jobs.jobs_of(owner)]
 
     def status(self, owner: str, job_id: str) -> JobStatus:
         job = self.jobs.get(owner, job_id)
@@ -194,7 +222,8 @@ class WebUIService:
             id=job.id, state=job.state, queue_position=self.jobs.position(job), step=job.step,
             total_steps=job.total_steps, batch_index=job.batch_index, batch_count=job.batch_count, phase=job.phase,
             preview=list(job.preview), images=list(job.images), infotexts=list(job.infotexts), seeds=list(job.seeds),
-            paths=list(job.paths), error=job.error, notices=list(job.notices),
+            paths=list(job.paths), error=job.error, error_kind=job.error_kind, error_field=job.error_field,
+            notices=list(job.notices), elapsed=time.monotonic() - job.started_at if job.started_at else 0.0,
         )
 
     def interrupt(self, owner: str, job_id: str) -> None:
@@ -213,7 +242,7 @@ class WebUIService:
         return policy_from_settings(self.device, dtypes, **values)
 
     def _run(self, job: Job) -> None:
-        request, checkpoint_path, vae_path, refiner_path = job.payload
+        request, checkpoint_path, vae_path, refiner_path, save = job.payload
         job.phase = "loading model"
         policy = self.memory_policy()
         bundle = self.store.load(checkpoint_path, vae_path=vae_path, policy=policy)
@@ -232,14 +261,13 @@ class WebUIService:
             if settings.preview_every and (event.step % settings.preview_every == 0 or event.step == event.total_steps):
                 job.preview = event.preview()
 
-        output_dir = self.options.outputs_dir / f"{request.mode}-images" if settings.save_images else None
+        save = settings.save_images if save is None else save
+        output_dir = self.options.outputs_dir / f"{request.mode}-images" if save else None
         hooks = self.manager.hooks_for_job() if self.manager is not None else None
         ctx = PipelineContext(bundle, model_name=checkpoint_path.stem, on_progress=on_progress, cancel=job.cancel,
                               output_dir=output_dir, refiner=refiner, embeddings=self._load_embeddings(), memory=policy,
                               depth_estimator=self.depth.estimate if self.depth is not None else None,
                               **({"hooks": hooks} if hooks is not None else {}))
-        if output_dir is not None:
-            output_dir.mkdir(parents=True, exist_ok=True)
         result = generate(request, ctx)
         job.images, job.infotexts, job.seeds = result.images, result.infotexts, result.seeds
         job.paths = [str(p) for p in result.paths]

@@ -7,6 +7,8 @@ Every bad value raises `RequestError` naming the field, the value and what is al
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -24,6 +26,8 @@ HR_UPSCALERS = (
     "Latent (nearest-exact)", "Lanczos", "Nearest",
 )
 MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 16384  # a prompt is at most this long (the parser and text encoder must stay cheap)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other than tab and newline
 SDXL_AESTHETIC_SCORE, SDXL_NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # sgm's and diffusers' refiner defaults
 SDXL_SIZE_FIELDS = ("sdxl_original_width", "sdxl_original_height", "sdxl_crop_top", "sdxl_crop_left",
                     "sdxl_target_width", "sdxl_target_height")
@@ -157,10 +161,19 @@ def _choice(request: GenerationRequest, name: str, choices: tuple[str, ...]) -> 
     raise RequestError(name, value, "one of " + ", ".join(repr(c) for c in choices))
 
 
+def _clean_text(text: str) -> str:
+    """NFC, without control characters (NUL...) or lone surrogates, which no tokenizer or PNG takes."""
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate becomes "?"
+    return _CONTROL.sub("", unicodedata.normalize("NFC", text))
+
+
 def _validate(r: GenerationRequest) -> None:
     for name in ("prompt", "negative_prompt"):
         if not isinstance(getattr(r, name), str):
             raise RequestError(name, getattr(r, name), "text")
+        if len(getattr(r, name)) > MAX_PROMPT_CHARS:
+            raise RequestError(name, f"{len(getattr(r, name)):,} characters", f"at most {MAX_PROMPT_CHARS:,} characters")
+        _set(r, name, _clean_text(getattr(r, name)))
     _number(r, "steps", 1, 150, integer=True)
     _number(r, "cfg_scale", 1.0, 30.0)
     _number(r, "cfg_rescale", 0.0, 1.0)

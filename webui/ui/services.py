@@ -30,7 +30,10 @@ class JobStatus:
     seeds: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # saved files, when saving is on
     error: str | None = None  # a message for the user when state == "failed"
+    error_kind: str | None = None  # "RequestError", "OutOfMemory", "internal" (a bug), ...
+    error_field: str | None = None  # the request field the error names, when it names one
     notices: list[str] = field(default_factory=list)  # warnings for the user (e.g. an extension failed)
+    elapsed: float = 0.0  # seconds since it started running (0 while waiting)
 
     @property
     def finished(self) -> bool:

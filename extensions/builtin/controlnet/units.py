@@ -3,8 +3,10 @@
 A request carries its units as `request.extensions["controlnet"]["units"]`, a list of dicts with
 AUTOMATIC1111's ControlNet API names (`enabled`, `image`, `module`, `model`, `weight`, `resize_mode`,
 `processor_res`, `threshold_a`, `threshold_b`, `guidance_start`, `guidance_end`, `pixel_perfect`,
-`control_mode`), or as the UI sends them, flat: `unit0_model`, `unit0_weight`, ... Every bad value is a
-`RequestError` naming the field, e.g. `controlnet.units[1].weight`.
+`control_mode`), or as the UI sends them, flat: `unit0_model`, `unit0_weight`, ..., or as AUTOMATIC1111's
+API sends them (`alwayson_scripts["ControlNet"]["args"]`, here `args`): its unit dicts, with its module and
+resize-mode names, base64 images and the fields that change nothing here (`low_vram`, ...). Every bad
+value is a `RequestError` naming the field, e.g. `controlnet.units[1].weight`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from webui.errors import RequestError
+from webui.uploads import decode_image
 
 from .preprocessors import PREPROCESSORS, threshold_defaults
 
@@ -29,6 +32,15 @@ RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 SOFT_DECAY = 0.825  # "more important" modes: residual i of n is weighted decay ** (n - 1 - i) (the original's guess mode)
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,}\]$")
 _FILE_SUFFIX = re.compile(r"\.(safetensors|sft|ckpt|pt|pth|bin)$", re.IGNORECASE)
+# AUTOMATIC1111's ControlNet names for what we call otherwise.
+MODULE_ALIASES = {"depth_midas": "depth", "depth_leres": "depth", "depth_leres++": "depth", "depth_zoe": "depth",
+                  "invert (from white bg & black line)": "invert", "lineart_standard (from white bg & black line)":
+                  "lineart", "scribble_thr": "scribble"}
+RESIZE_ALIASES = {"scale to fit (inner fit)": "Crop and Resize", "envelope (outer fit)": "Resize and Fill"}
+# Fields of AUTOMATIC1111's units that change nothing here (memory tricks, its own UI's state): dropped.
+A1111_NO_OPS = ("low_vram", "save_detected_map", "is_ui", "input_mode", "batch_images", "effective_region_mask",
+                "inpaint_crop_input_image")
+A1111_FIXED = {"hr_option": "Both", "loopback": False}  # accepted with the value we do the same as
 
 
 @dataclass(frozen=True)
@@ -70,15 +82,40 @@ UNIT_FIELDS = tuple(f.name for f in fields(ControlUnit))
 
 
 def raw_units(params: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The units of an extension parameter mapping, from its `units` list or its flat `unit<i>_<field>` keys."""
+    """The units of an extension parameter mapping: its `units` list, AUTOMATIC1111's `args`, or the flat
+    `unit<i>_<field>` keys."""
     params = params or {}
     units = [dict(u) if isinstance(u, Mapping) else u for u in params.get("units") or []]
+    units += [from_a1111(u, len(units) + i) if isinstance(u, Mapping) else u
+              for i, u in enumerate(params.get("args") or [])]
     flat: dict[int, dict[str, Any]] = {}
     for key, value in params.items():
         match = re.fullmatch(r"unit(\d+)_(\w+)", str(key))
         if match:
             flat.setdefault(int(match[1]), {})[match[2]] = value
     return units + [flat[i] for i in sorted(flat)]
+
+
+def from_a1111(unit: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """An AUTOMATIC1111 ControlNet unit as ours: its names mapped, its no-op fields dropped. A mask, or a
+    fixed field with another value, is refused rather than silently ignored."""
+    unit = dict(unit)
+    image = unit.get("image")
+    if isinstance(image, Mapping):  # {"image": base64, "mask": base64}
+        unit["image"], unit["mask"] = image.get("image"), image.get("mask") or unit.get("mask")
+    if unit.pop("mask", None) not in (None, ""):
+        raise RequestError(_field(index, "mask"), "a mask", "no mask: ControlNet masks are not supported here")
+    for name in A1111_NO_OPS:
+        unit.pop(name, None)
+    for name, same in A1111_FIXED.items():
+        value = unit.pop(name, same)
+        if value != same:
+            raise RequestError(_field(index, name), value, f"{same!r}: nothing else is supported here")
+    if isinstance(unit.get("module"), str):
+        unit["module"] = MODULE_ALIASES.get(unit["module"], unit["module"])
+    if isinstance(unit.get("resize_mode"), str):
+        unit["resize_mode"] = RESIZE_ALIASES.get(unit["resize_mode"].lower(), unit["resize_mode"])
+    return unit
 
 
 def _field(index: int, name: str) -> str:
@@ -138,6 +175,8 @@ def parse_unit(raw: Any, index: int, find_model: Callable[[str], Any] | None = N
     if find_model is not None:
         find_model(model)
     image = raw.get("image")
+    if isinstance(image, str):  # base64, from an API; "" means none
+        image = decode_image(image, _field(index, "image")) if image else None
     if image is not None and not isinstance(image, Image.Image):
         raise RequestError(_field(index, "image"), type(image).__name__, "an image")
     module = raw.get("module") or "none"

@@ -90,7 +90,7 @@ def _generate(request: GenerationRequest, ctx: PipelineContext) -> GenerationRes
     with patched({"unet": ctx.bundle.unet, "text_encoder": ctx.bundle.text_encoder}, patches):
         result = PIPELINES[rewritten.mode](rewritten, ctx)
     result.request = request
-    result.notices = list(hooks.notices)
+    result.notices = [*hooks.notices, *result.notices]
     return result
 
 

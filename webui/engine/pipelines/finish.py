@@ -116,4 +116,9 @@ def finish_batch(
         result.subseeds.append(subseed)
         result.infotexts.append(infotext)
         if ctx.output_dir is not None:
-            result.paths.append(save_png(image, next_image_path(ctx.output_dir, seed, shown.prompt), infotext))
+            try:
+                result.paths.append(save_png(image, next_image_path(ctx.output_dir, seed, shown.prompt), infotext))
+            except OSError as exc:  # disk full, no permission...: the image is still returned, and nothing partial
+                notice = f"Could not save the image to {ctx.output_dir}: {exc.strerror or exc}"
+                if notice not in result.notices:
+                    result.notices.append(notice)

@@ -93,6 +93,8 @@ def encode_prompts(
     bundle = bundle or ctx.bundle
     te = bundle.text_encoder
     positive, negative = parse_prompts(ctx, request)
+    check_prompt_length(positive, "prompt")
+    check_prompt_length(negative, "negative_prompt")
     embeddings = te.embedding_index(ctx.embeddings) if ctx.embeddings else None
     texts = list(dict.fromkeys([*positive.texts(), *negative.texts()]))
     try:  # one batch: every text padded to the longest one's chunk count
@@ -121,6 +123,17 @@ def encode_prompts(
         ))
 
     return encoded(positive), encoded(negative, zero_negative)
+
+
+MAX_CHUNKS = 16  # 75-token chunks a prompt may take (1200 tokens); each one is a text encoder pass
+
+
+def check_prompt_length(parsed: ParsedPrompt, field: str) -> None:
+    """Refuse prompts whose texts add up to more than MAX_CHUNKS chunks (a rough count: 75 words or
+    punctuation marks per chunk, before the tokenizer, which splits finer)."""
+    pieces = sum(len(getattr(piece, "text", "").split()) for text in parsed.texts() for piece in text)
+    if pieces > MAX_CHUNKS * 75:
+        raise RequestError(field, f"about {pieces} tokens", f"at most {MAX_CHUNKS} chunks of 75 tokens")
 
 
 def model_schedule(ctx: PipelineContext) -> DiscreteSchedule:

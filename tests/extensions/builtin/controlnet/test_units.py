@@ -78,3 +78,37 @@ def test_another_tool_s_values_read_back_as_ours_or_not_at_all():
 def test_raw_units_keeps_the_order_of_the_flat_keys():
     units = raw_units({"unit10_model": "b", "unit2_model": "a"})
     assert [u["model"] for u in units] == ["a", "b"]
+
+
+def b64(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_automatic1111_api_units_are_taken_as_its_clients_send_them():
+    """webuiapi's ControlNetUnit.to_dict(), as sent in alwayson_scripts["ControlNet"]["args"]."""
+    sent = {"image": b64(Image.new("RGB", (8, 8), "red")), "mask": None, "module": "depth_midas",
+            "model": "control_v11f1p_sd15_depth [cfd03158]", "weight": 0.6, "resize_mode": "Scale to Fit (Inner Fit)",
+            "low_vram": False, "processor_res": 512, "threshold_a": 64, "threshold_b": 64, "guidance_start": 0.0,
+            "guidance_end": 1.0, "control_mode": 0, "pixel_perfect": False, "hr_option": "Both", "enabled": True}
+    unit = parse_units({"args": [sent]})[0]
+    assert (unit.model, unit.module, unit.resize_mode, unit.weight) == ("control_v11f1p_sd15_depth", "depth",
+                                                                       "Crop and Resize", 0.6)
+    assert unit.image.size == (8, 8) and unit.image.getpixel((0, 0)) == (255, 0, 0)
+    assert parse_units({"args": []}) == []  # what webuiapi sends when no unit is used
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"mask": "abc"}, "controlnet.units[0].mask"),
+    ({"hr_option": "Low res only"}, "controlnet.units[0].hr_option"),
+    ({"image": "%%% not base64"}, "controlnet.units[0].image"),
+    ({"image": b64(Image.new("RGB", (8, 8)))[:20]}, "controlnet.units[0].image"),
+])
+def test_automatic1111_units_we_cannot_honour_are_refused_by_field(change, field):
+    with pytest.raises(RequestError) as info:
+        parse_units({"args": [{"model": "m", "image": "", **change}]})
+    assert info.value.field == field
