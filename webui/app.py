@@ -102,7 +102,8 @@ def launch(options: LaunchOptions, *, block: bool = True):
         run_history=False,  # Gradio would otherwise offer to upload runs to a Hugging Face bucket
         enable_monitoring=False,  # /monitoring is on by default
         max_file_size=f"{options.max_body_mb}mb",
-        app_kwargs={"middleware": [middleware]},
+        # Gradio's routes are described by /gradio_api/info (behind its login), not by an open OpenAPI page.
+        app_kwargs={"middleware": [middleware], "openapi_url": None, "docs_url": None, "redoc_url": None},
     )
     if options.api_enabled:
         for path in mount_api(demo.app, service):

@@ -65,8 +65,8 @@ def shared_app(tmp_path_factory):
     """Logins for two people through the UI's --auth, and an API-only bot with a token (--api-auth)."""
     root = tmp_path_factory.mktemp("api-shared")
     url, demo = start(root, auth=(("ann", "ann-secret-pw"), ("bob", "bob-secret-pw")),
-                      api_auth=(("bot", "bot-token-0123456789"),), queue_per_user=3)
-    yield url, root
+                      api_auth=(("bot", "bot-token-0123456789"),), queue_per_user=3, max_body_mb=2)
+    yield url, root, demo
     demo.close()
 
 
