@@ -20,8 +20,13 @@ def post(url, path, body, **kwargs):
     return requests.post(f"{url}/sdapi/v1/{path}", json=body, timeout=120, **kwargs)
 
 
+def saved(root) -> set:
+    return set((root / "outputs").rglob("*.png"))
+
+
 def test_txt2img_returns_png_images_with_their_infotext_and_a1111_info(local_app):
     url, root = local_app
+    before = saved(root)
     response = post(url, "txt2img", {"prompt": "a red circle", "seed": 42, "batch_size": 2, **SMALL})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -36,7 +41,7 @@ def test_txt2img_returns_png_images_with_their_infotext_and_a1111_info(local_app
     assert read_infotext(images[1]) == info["infotexts"][1] and "Seed: 43" in info["infotexts"][1]
     # A1111's API defaults: Euler, and nothing saved unless save_images is true
     assert info["sampler_name"] == "Euler" and body["parameters"]["prompt"] == "a red circle"
-    assert not (root / "outputs" / "txt2img-images").exists()
+    assert saved(root) == before
 
 
 def test_save_images_and_send_images(local_app):
@@ -44,8 +49,8 @@ def test_save_images_and_send_images(local_app):
     body = post(url, "txt2img", {"prompt": "kept", "seed": 7, "save_images": True, "send_images": False,
                                  **SMALL}).json()
     assert body["images"] == []
-    saved = sorted((root / "outputs" / "txt2img-images").glob("*-7.png"))
-    assert len(saved) == 1 and read_infotext(saved[0]) == json.loads(body["info"])["infotexts"][0]
+    files = sorted((root / "outputs" / "txt2img-images").glob("*-7.png"))
+    assert len(files) == 1 and read_infotext(files[0]) == json.loads(body["info"])["infotexts"][0]
 
 
 def test_img2img_and_inpainting(local_app):
