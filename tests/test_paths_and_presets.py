@@ -69,3 +69,54 @@ def test_unknown_preset_key_names_file_and_key(tmp_path):
     path.write_text("width: 513\n")
     with pytest.raises(PresetError, match="Preset mine.yaml: width: 513"):
         load_preset(path)
+
+
+# --- properties (hypothesis) ------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SEGMENTS = st.sampled_from(["..", ".", "", "a", "b.safetensors", "sub", "%2e%2e", "..\\..", "C:", "\\\\host",
+                            "link", "x\x00y", "Lora_evil", "A.SAFETENSORS", "~", "é", "/etc/passwd"])
+NAMES = st.one_of(st.lists(SEGMENTS, max_size=6).map("/".join), st.text(max_size=40))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A models folder with a file, a sub-folder, a link that escapes it and a sibling folder with a shared prefix."""
+    root = tmp_path_factory.mktemp("tree")
+    folder = root / "models" / "loras"
+    touch(folder / "b.safetensors")
+    touch(folder / "sub" / "c.safetensors")
+    touch(root / "models" / "loras_evil" / "d.safetensors")
+    touch(root / "secret.safetensors")
+    (folder / "link").symlink_to(root, target_is_directory=True)
+    return root
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAMES)
+def test_safe_join_agrees_with_resolving_and_checking_containment(tree, name):
+    root = tree / "models" / "loras"
+    try:
+        oracle = (root / name).resolve()
+        inside = oracle.is_relative_to(root.resolve())
+    except (OSError, ValueError):  # NUL bytes and the like: not a path at all
+        oracle, inside = None, False
+    joined = safe_join(root, name)
+    assert (joined is not None) == inside
+    if joined is not None:
+        assert joined == oracle
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAMES)
+def test_a_name_resolves_only_to_a_listed_file_inside_its_folder(tree, name):
+    library = ModelLibrary(tree / "models")
+    listed = {library.path("loras", n).resolve() for n in library.names("loras")}
+    try:
+        path = library.path("loras", name, "lora")
+    except RequestError as exc:
+        assert exc.field == "lora"
+        return
+    assert path.resolve() in listed and path.resolve().is_relative_to((tree / "models" / "loras").resolve())
