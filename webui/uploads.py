@@ -61,8 +61,10 @@ def open_image(raw: bytes, field: str, max_pixels: int = MAX_INPUT_PIXELS) -> Im
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise RequestError(field, "an image far too large", f"an image of at most {max_pixels:,} pixels") from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # Pillow's own limit
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        shown = f"an image of {int(size.group(1)):,} pixels" if size else "an image far too large"
+        raise RequestError(field, shown, f"an image of at most {max_pixels:,} pixels") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise RequestError(field, "not an image", "a PNG, JPEG or WebP image") from exc
     if image.format not in FORMATS:
