@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class WebUIError(Exception):
     """Base class: an error whose message is meant to be shown to the user as it is."""
@@ -13,7 +15,8 @@ class ModelLoadError(WebUIError):
     def __init__(self, path: object, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"Cannot load '{self.path}': {problem}")
+        # The file's name, not its full path: the message may reach remote users (the API, a shared link).
+        super().__init__(f"Cannot load '{Path(self.path).name or self.path}': {problem}")
 
 
 class UnsupportedModelError(ModelLoadError):

@@ -72,6 +72,7 @@ class WebUIService:
         self.depth = depth  # the depth estimator (depth tab, ControlNet's depth preprocessor); None: none
         self.jobs = JobQueue(self._run, max_queued=options.queue_size, max_per_owner=options.queue_per_user)
         self._embeddings: dict[Path, tuple[float, Embedding | None]] = {}  # path -> (mtime, embedding)
+        self._chosen_checkpoint: str | None = None  # the default chosen over the API, until the app restarts
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -110,10 +111,19 @@ class WebUIService:
         return tuple(found)
 
     def default_checkpoint(self) -> str | None:
-        """The first of the user's own checkpoints; the built-in demo model only when there is no other."""
+        """The checkpoint chosen as the default (A1111's `sd_model_checkpoint` option) while it is listed; else
+        the first of the user's own checkpoints; the built-in demo model only when there is no other."""
         names = self.checkpoints()
+        if self._chosen_checkpoint in names:
+            return self._chosen_checkpoint
         own = [n for n in names if not is_demo_checkpoint(n)]
         return (own or names or [None])[0]
+
+    def choose_default_checkpoint(self, name: str, field: str = "sd_model_checkpoint") -> str:
+        """Make a listed checkpoint the default (UnknownName naming `field` otherwise); returns its listed name."""
+        path = self.library.path("checkpoints", name, field)
+        self._chosen_checkpoint = next(n for n in self.checkpoints() if self.library.path("checkpoints", n) == path)
+        return self._chosen_checkpoint
 
     def initial_values(self) -> dict[str, Any]:
         """Field values the generation tabs start from, over the request's defaults: the `demo` preset when

@@ -30,9 +30,8 @@ def free_port() -> int:
 
 def make_models(root: Path) -> Path:
     models = root / "models"
-    (models / "checkpoints").mkdir(parents=True)
-    (models / "controlnet").mkdir()
-    (models / "loras").mkdir()
+    for kind in ("checkpoints", "controlnet", "loras"):
+        (models / kind).mkdir(parents=True, exist_ok=True)
     save_file(make_checkpoint(Recipe("sd1"), seed=1), str(models / "checkpoints" / "tiny.safetensors"))
     save_file(make_checkpoint(Recipe("sd1", "inpaint"), seed=2), str(models / "checkpoints" / "v1-inpaint.safetensors"))
     save_file(make_controlnet(Recipe("sd1"), seed=3), str(models / "controlnet" / "edges.safetensors"))

@@ -46,10 +46,10 @@ def test_txt2img_returns_png_images_with_their_infotext_and_a1111_info(local_app
 
 def test_save_images_and_send_images(local_app):
     url, root = local_app
-    body = post(url, "txt2img", {"prompt": "kept", "seed": 7, "save_images": True, "send_images": False,
+    body = post(url, "txt2img", {"prompt": "kept", "seed": 987654, "save_images": True, "send_images": False,
                                  **SMALL}).json()
     assert body["images"] == []
-    files = sorted((root / "outputs" / "txt2img-images").glob("*-7.png"))
+    files = sorted((root / "outputs" / "txt2img-images").glob("*-987654.png"))
     assert len(files) == 1 and read_infotext(files[0]) == json.loads(body["info"])["infotexts"][0]
 
 

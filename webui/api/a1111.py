@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from webui.engine.request import GenerationRequest
 from webui.errors import RequestError
@@ -23,8 +23,27 @@ REQUEST_FIELDS = {f.name for f in fields(GenerationRequest)}
 OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "eta_noise_seed_delta")
 
 
+def without_surrogates(value: Any) -> Any:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no encoder, tokenizer or PNG takes: each
+    becomes "?" in every string of the request."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_surrogates(v) for v in value]
+    return value
+
+
 class StrictModel(BaseModel):
+    """Strict types (no "20" for 20, no true for 1), no NaN or infinities, unknown fields ignored."""
+
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean_text(cls, data: Any) -> Any:
+        return without_surrogates(data)
 
 
 class Txt2ImgRequest(StrictModel):

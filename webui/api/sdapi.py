@@ -31,10 +31,9 @@ VERSION = "webui"
 
 @dataclass
 class ApiOptions:
-    """What the API generates with unless a request overrides it (A1111's `sd_model_checkpoint`, `sd_vae`,
-    `CLIP_stop_at_last_layers`); set by POST /options, kept until the app restarts."""
+    """What the API generates with unless a request overrides it (A1111's `sd_vae`, `CLIP_stop_at_last_layers`;
+    its `sd_model_checkpoint` is the app's default checkpoint); set by POST /options, kept until the app restarts."""
 
-    checkpoint: str | None = None  # None: the app's default checkpoint
     vae: str = AUTOMATIC_VAE
     clip_skip: int = 1
 
@@ -56,8 +55,7 @@ def build_sdapi(service: WebUIService, options: ApiOptions) -> FastAPI:
 
     def generate(request: Request, body: Txt2ImgRequest) -> ImageResponse:
         owner = owner_of(request)
-        checkpoint = options.checkpoint or service.default_checkpoint()
-        plan = translate(body, checkpoint=checkpoint, vae=options.vae, clip_skip=options.clip_skip,
+        plan = translate(body, checkpoint=service.default_checkpoint(), vae=options.vae, clip_skip=options.clip_skip,
                          extensions=extensions)
         job_id = service.submit(owner, plan.checkpoint, plan.vae, plan.values, save=plan.save)
         status = service.wait(owner, job_id)
@@ -103,7 +101,7 @@ def build_sdapi(service: WebUIService, options: ApiOptions) -> FastAPI:
     @app.get("/options")
     def get_options() -> dict:
         settings = service.settings()
-        return {**settings, "sd_model_checkpoint": options.checkpoint or service.default_checkpoint(),
+        return {**settings, "sd_model_checkpoint": service.default_checkpoint(),
                 "sd_vae": options.vae, "CLIP_stop_at_last_layers": options.clip_skip,
                 "samples_save": settings["save_images"], "samples_format": "png",
                 "show_progress_every_n_steps": settings["preview_every"]}
@@ -218,8 +216,7 @@ def set_api_options(service: WebUIService, options: ApiOptions, body: dict[str, 
         if key == "sd_model_checkpoint":
             if not isinstance(value, str):
                 raise RequestError(key, value, "a checkpoint name")
-            service.library.path("checkpoints", value, key)  # UnknownName for a name not listed
-            options.checkpoint = value
+            service.choose_default_checkpoint(value, key)  # UnknownName for a name not listed
         elif key == "sd_vae":
             if not isinstance(value, str) or (value != AUTOMATIC_VAE and value not in service.vaes()):
                 raise UnknownName(key, value, f"one of {', '.join(service.vaes())}")

@@ -66,3 +66,9 @@ def test_inpainting_model_in_img2img(sd1_inpaint):
     from webui.engine.pipelines import PipelineContext
     result = img2img(GenerationRequest(**BASE, init_image=gradient(), denoising_strength=0.6), PipelineContext(sd1_inpaint))
     assert result.images[0].size == (64, 64)
+
+
+def test_strength_zero_is_the_input_as_the_vae_gives_it_back(ctx):
+    image = gradient()
+    result = img2img(GenerationRequest(**BASE, init_image=image, denoising_strength=0.0), ctx)
+    assert (pixels(result.images[0]) == pixels(decode(ctx, encode(ctx, image))[0])).all()

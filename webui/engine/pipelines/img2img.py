@@ -49,9 +49,13 @@ def img2img(request: GenerationRequest, ctx: PipelineContext) -> GenerationResul
         try:
             # 5. Noise the input to the first sigma and sample.
             rng = ImageRNG(latent_shape(ctx, request.width, request.height), seeds, subseeds, request.subseed_strength)
-            x = noised(request, init.to(ctx.bundle.device), rng.first().to(ctx.bundle.device), sigmas, request.denoising_strength)
-            with torch.inference_mode():
-                latents = sample(ctx, request, denoiser, x, sigmas, rng, batch, switch=switch)
+            if request.denoising_strength == 0:  # no denoising: the input as the VAE gives it back
+                latents = init.to(ctx.bundle.device)
+            else:
+                x = noised(request, init.to(ctx.bundle.device), rng.first().to(ctx.bundle.device), sigmas,
+                           request.denoising_strength)
+                with torch.inference_mode():
+                    latents = sample(ctx, request, denoiser, x, sigmas, rng, batch, switch=switch)
         except Skipped:
             continue
         except Interrupted:
