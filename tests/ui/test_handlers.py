@@ -126,7 +126,7 @@ def test_depth_sends_the_image_and_or_the_depth_map(served, tmp_path):
     assert values["depth"] is True and values["depth_map"] is None and fake.requests[-1].mode == "depth"
     client.predict(init_image=None, depth_map=handle_file(str(path)), prompt="depth", api_name="/depth")
     request = fake.requests[-1]
-    assert request.mode == "depth" and request.init_image is None and request.depth_map.mode == "L"
+    assert request.mode == "depth" and request.init_image is None and request.depth_map.size == (32, 32)
     result = client.predict(init_image=None, depth_map=None, prompt="depth", api_name="/depth")
     assert "<strong>depth_map</strong>: no image yet" in error_text(result)
 
@@ -261,3 +261,16 @@ def test_send_to_inpaint_puts_image_and_parameters_into_the_tab(built):
     assert update[by_id["inpaint_seed"]] == 77 and update[by_id["inpaint_sampler"]] == "Euler"
     with pytest.warns(UserWarning, match="Nothing to send"):  # nothing generated yet: a warning, no change
         assert send.fn({images_state: [], selected_state: 0}) == {}
+
+
+def test_uploads_of_16_bit_images_are_scaled_not_clipped_to_white(served, tmp_path):
+    """Gradio would convert with Pillow, which turns a 16-bit mid-grey into white."""
+    import numpy as np
+
+    fake, client, _ = served
+    path = tmp_path / "depth16.png"
+    Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)).save(path)
+    client.predict(init_image=None, depth_map=handle_file(str(path)), prompt="depth", api_name="/depth")
+    assert fake.requests[-1].depth_map.convert("L").getpixel((0, 0)) == 128
+    client.predict(init_image=handle_file(str(path)), prompt="img", api_name="/img2img")
+    assert fake.requests[-1].init_image.convert("L").getpixel((0, 0)) == 128

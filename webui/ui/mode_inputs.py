@@ -17,7 +17,8 @@ from PIL import Image
 
 from webui.engine.request import INPAINTING_FILLS, RESIZE_MODES
 from webui.ui.fields import REQUEST_DEFAULTS, Binding, FieldRadio, slider
-from webui.ui.masks import OUTPAINT_FIELDS, MissingImage, inpaint_images, is_outpaint
+from webui.ui.masks import OUTPAINT_FIELDS, MissingImage, flatten, inpaint_images, is_outpaint
+from webui.uploads import normalize_image
 
 # (the extra inputs' values by name, the request values so far) -> the request values
 Finish = Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]
@@ -50,14 +51,27 @@ def _resize_and_denoise(tab: str, d: Mapping[str, Any]) -> dict[str, Binding]:
     return b
 
 
-def _input_image(elem_id: str, label: str, image_mode: str = "RGB") -> gr.Image:
-    return gr.Image(type="pil", image_mode=image_mode, label=label, elem_id=elem_id, sources=["upload", "clipboard"],
+def _input_image(elem_id: str, label: str) -> gr.Image:
+    # image_mode=None: Gradio would convert with Pillow, which clips 16-bit images to white; `_uploaded` does it.
+    return gr.Image(type="pil", image_mode=None, label=label, elem_id=elem_id, sources=["upload", "clipboard"],
                     format="png", height=360)
+
+
+def _uploaded(image: Image.Image | None) -> Image.Image | None:
+    """An upload as the engine takes it: 8 bits, upright, transparency on white (`webui.uploads`)."""
+    if image is None:
+        return None
+    image = normalize_image(image)
+    return flatten(image) if image.mode in ("RGBA", "LA") else image
+
+
+def _image_binding(component: gr.Image) -> Binding:
+    return Binding(component, to_request=_uploaded)
 
 
 def img2img_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs:
     image = _input_image("img2img_image", "Image")
-    b = {"init_image": Binding(image)}
+    b = {"init_image": _image_binding(image)}
     b.update(_resize_and_denoise("img2img", defaults))
 
     def finish(extra: Mapping[str, Any], request_values: dict[str, Any]) -> dict[str, Any]:
@@ -85,8 +99,7 @@ def inpaint_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs
                           sources=["upload", "clipboard"], format="png", height=480,
                           brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
     with gr.Accordion("Mask upload (optional)", open=False, elem_id="inpaint_mask_upload_accordion"):
-        mask_upload = _input_image("inpaint_mask_upload", "Mask (white = repaint; added to the painted one)",
-                                   image_mode="L")
+        mask_upload = _input_image("inpaint_mask_upload", "Mask (white = repaint; added to the painted one)")
     b = _resize_and_denoise("inpaint", d)
     with gr.Row():
         b["mask_blur"] = Binding(slider("mask_blur", "Mask blur", 0, 64, 1, "inpaint_mask_blur", defaults=d))
@@ -111,7 +124,9 @@ def inpaint_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs
                                          defaults=d))
 
     def finish(extra: Mapping[str, Any], request_values: dict[str, Any]) -> dict[str, Any]:
-        images = inpaint_images(extra.get("image_editor"), extra.get("mask_upload"), is_outpaint(request_values))
+        mask = extra.get("mask_upload")
+        mask = normalize_image(mask) if mask is not None else None  # its alpha, if any, is read as the mask
+        images = inpaint_images(extra.get("image_editor"), mask, is_outpaint(request_values))
         return {**request_values, **images}
 
     return ModeInputs(b, extra={"image_editor": editor, "mask_upload": mask_upload}, finish=finish,
@@ -124,12 +139,12 @@ def depth_inputs(defaults: Mapping[str, Any] = REQUEST_DEFAULTS) -> ModeInputs:
     info = gr.Markdown("", elem_id="depth_support")
     with gr.Row():
         image = _input_image("depth_image", "Image (optional with a depth map)")
-        depth_map = _input_image("depth_map_upload", "Depth map (optional; white = near)", image_mode="L")
-    b = {"init_image": Binding(image)}
+        depth_map = _input_image("depth_map_upload", "Depth map (optional; white = near)")
+    b = {"init_image": _image_binding(image)}
     b.update(_resize_and_denoise("depth", defaults))
 
     def finish(extra: Mapping[str, Any], request_values: dict[str, Any]) -> dict[str, Any]:
-        depth = extra.get("depth_map")
+        depth = _uploaded(extra.get("depth_map"))
         if request_values.get("init_image") is None and depth is None:
             raise MissingImage("depth_map", "the depth tab first: an image, a depth map, or both")
         return {**request_values, "depth": True, "depth_map": depth}

@@ -57,7 +57,7 @@ def build_units(context, tab: str) -> dict[str, Any]:
             with gr.Tab(f"Unit {i}", elem_id=f"{tab}_controlnet_unit{i}"):
                 c = {}
                 with gr.Row():
-                    c["image"] = gr.Image(type="pil", image_mode="RGB", label="Control image", format="png",
+                    c["image"] = gr.Image(type="pil", image_mode=None, label="Control image", format="png",
                                           sources=["upload", "clipboard"], height=256,
                                           elem_id=f"{tab}_controlnet_unit{i}_image")
                     shown = gr.Image(type="pil", label="Control map (preview)", interactive=False, height=256,

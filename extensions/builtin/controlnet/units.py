@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from webui.errors import RequestError
-from webui.uploads import decode_image
+from webui.uploads import decode_image, normalize_image
 
 from .preprocessors import PREPROCESSORS, threshold_defaults
 
@@ -179,6 +179,8 @@ def parse_unit(raw: Any, index: int, find_model: Callable[[str], Any] | None = N
         image = decode_image(image, _field(index, "image")) if image else None
     if image is not None and not isinstance(image, Image.Image):
         raise RequestError(_field(index, "image"), type(image).__name__, "an image")
+    if image is not None:
+        image = normalize_image(image)  # 16-bit, CMYK, EXIF orientation, as every upload
     module = raw.get("module") or "none"
     if module not in PREPROCESSORS:
         raise RequestError(_field(index, "module"), module, "one of " + ", ".join(PREPROCESSORS))
