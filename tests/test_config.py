@@ -72,3 +72,14 @@ def test_unreadable_settings_fall_back_to_defaults(tmp_path):
     path = tmp_path / "settings.json"
     path.write_text("{not json")
     assert SettingsStore(path).current.preview_every == 1
+
+
+def test_the_rest_api_is_on_locally_and_only_on_request_when_exposed():
+    assert parse_options([]).api_enabled
+    assert not parse_options(["--listen", "--auth", "ann:pw"]).api_enabled
+    assert parse_options(["--listen", "--auth", "ann:pw", "--api"]).api_enabled
+    options = parse_options(["--api-auth", "bot:token-1,cli:token-2", "--queue-per-user", "3", "--max-pixels", "65536"])
+    assert options.api_auth == (("bot", "token-1"), ("cli", "token-2"))
+    assert (options.queue_per_user, options.max_pixels) == (3, 65536)
+    with pytest.raises(ConfigError, match="--queue-size 0: expected a positive number"):
+        parse_options(["--queue-size", "0"])

@@ -205,3 +205,18 @@ def test_a_full_queue_answers_429_with_a_clear_message(shared_app):
         for job in jobs:
             if "id" in job:
                 requests.delete(f"{url}/api/v1/jobs/{job['id']}", auth=bot)
+
+
+def test_the_real_login_form_is_limited_too(tmp_path):
+    """Gradio's own login form, through the app's middleware (its own app: the limit blocks this address)."""
+    from .conftest import start
+
+    url, demo = start(tmp_path, auth=(("ann", "ann-secret-pw"),))
+    try:
+        codes = [requests.post(f"{url}/login", data={"username": "ann", "password": f"guess{i}"}, timeout=30).status_code
+                 for i in range(11)]
+        assert all(400 <= c < 500 and c != 429 for c in codes[:10]) and codes[10] == 429
+        blocked = requests.post(f"{url}/login", data={"username": "ann", "password": "ann-secret-pw"}, timeout=30)
+        assert blocked.status_code == 429  # even the right password waits
+    finally:
+        demo.close()

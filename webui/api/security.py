@@ -33,7 +33,7 @@ Send = Callable[[dict], Awaitable[None]]
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 API_PREFIXES = ("/sdapi/", "/api/v1/")
 LOGIN_PREFIXES = (*API_PREFIXES, "/extensions/")
-LOGIN_FORM = "/login"  # Gradio's login form posts here
+LOGIN_FORMS = ("/login", "/login/")  # Gradio's login form posts here
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class SecurityMiddleware:
         if path.startswith(API_PREFIXES) and not self.guard.api_enabled:
             await respond(send, 404, "not_found", "The REST API is off: the app is exposed; start it with --api.")
             return
-        if path == LOGIN_FORM and method == "POST":
+        if path in LOGIN_FORMS and method == "POST":
             await self.login_form(scope, receive, send, address)
             return
         if path.startswith(LOGIN_PREFIXES):
