@@ -8,7 +8,7 @@ naming the field otherwise, so a request is never silently done differently from
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -152,13 +152,16 @@ UNSUPPORTED = (
 )
 
 
+@dataclass(frozen=True)
 class Translation:
     """What an A1111 request becomes: the model names, our request values, and how to answer."""
 
-    def __init__(self, checkpoint: str | None, vae: str | None, values: dict[str, Any], save: bool, send: bool,
-                 ignored: list[str]) -> None:
-        self.checkpoint, self.vae, self.values, self.save, self.send = checkpoint, vae, values, save, send
-        self.ignored = ignored  # override settings that change nothing here
+    checkpoint: str | None
+    vae: str | None
+    values: dict[str, Any]
+    save: bool
+    send: bool
+    ignored: list[str]  # override settings that change nothing here
 
 
 def translate(body: Txt2ImgRequest, *, checkpoint: str | None, vae: str | None, clip_skip: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 from webui.config import SETTING_SPECS
 from webui.engine.sampling.registry import SAMPLERS, SCHEDULES
 from webui.errors import RequestError, UnknownName
-from webui.outputs import parse_infotext
+from webui.outputs import parse_infotext, read_infotext
 from webui.service import AUTOMATIC_VAE, WebUIService
 from webui.ui.services import JobStatus
 from webui.uploads import decode_image
@@ -73,7 +74,7 @@ def build_sdapi(service: WebUIService, options: ApiOptions) -> FastAPI:
 
     @app.post("/png-info")
     def png_info(body: PngInfoRequest) -> dict:
-        text, values = service.read_infotext(decode_image(body.image, "image"))
+        text = read_infotext(decode_image(body.image, "image"))  # A1111 answers with the raw params, not fields
         if text is None:
             return {"info": "", "items": {}, "parameters": {}}
         return {"info": text, "items": {"parameters": text}, "parameters": parse_infotext(text).a1111_params()}
@@ -130,8 +131,8 @@ def build_sdapi(service: WebUIService, options: ApiOptions) -> FastAPI:
 
     @app.get("/loras")
     def loras() -> list[dict]:
-        return [{"name": name.rsplit(".", 1)[0].rsplit("/", 1)[-1], "alias": name.rsplit(".", 1)[0].rsplit("/", 1)[-1],
-                 "path": name, "metadata": {}} for name in service.loras()]
+        stems = {name: PurePosixPath(name).stem for name in service.loras()}  # what <lora:...> tags use
+        return [{"name": stem, "alias": stem, "path": name, "metadata": {}} for name, stem in stems.items()]
 
     @app.get("/embeddings")
     def embeddings() -> dict:
